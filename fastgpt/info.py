@@ -1,0 +1,47 @@
+"""``python -m fastgpt.info``: versions, devices, and which op backends are usable (and why not)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+from fastgpt.ops._backend import available_backends, triton_interpreted
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def report() -> str:
+    """The information as printable lines."""
+    lines = [
+        f"fastgpt {_version('fastgpt')}",
+        f"python {platform.python_version()} on {platform.platform()}",
+        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none: CPU-only build'})",
+        f"triton {_version('triton')}" + (" (TRITON_INTERPRET=1: kernels run in the CPU interpreter)"
+                                            if triton_interpreted() else ""),
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}")
+    else:
+        lines.append("GPU: none (no CUDA device visible to torch)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lines.append(f"op backends on {device} (auto picks the first usable of cuda, triton, torch):")
+    for name, reason in available_backends(device).items():
+        lines.append(f"  {name:7s} {'available' if reason is None else 'unavailable: ' + reason}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Which op backends exist on this machine, and how ``backend="auto"`` resolves.
+
+Backends, best first: ``cuda`` (our CUDA C++ extension ``fastgpt._C``), ``triton`` (our Triton
+kernels) and ``torch`` (the pure-PyTorch reference, always available). ``auto`` picks the best
+one that can run on the tensors' device and supports the inputs; an explicit backend that cannot
+run raises ``BackendUnavailable`` saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("cuda", "triton", "torch")
+CHOICES = ("auto", *BACKENDS)
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says why."""
+
+
+@functools.cache
+def _extension_error() -> str | None:
+    """Why ``fastgpt._C`` cannot be used (None when it imports)."""
+    if importlib.util.find_spec("fastgpt._C") is None:
+        return "the CUDA extension fastgpt._C is not built (install with a CUDA toolchain and a CUDA build of torch)"
+    try:
+        importlib.import_module("fastgpt._C")
+    except ImportError as exc:
+        return f"the CUDA extension fastgpt._C does not load: {exc}"
+    return None
+
+
+@functools.cache
+def _triton_error() -> str | None:
+    """Why Triton cannot be imported (None when it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    return None
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` (None when it can)."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if _triton_error():
+            return _triton_error()
+        if device.type != "cuda" and not triton_interpreted():
+            return f"Triton kernels need a CUDA device (tensors are on {device}); set TRITON_INTERPRET=1 to run them slowly on CPU"
+        return None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"CUDA kernels need a CUDA device (tensors are on {device})"
+        return _extension_error()
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
+
+
+def available_backends(device: torch.device | str) -> dict[str, str | None]:
+    """Map each backend to None (usable on ``device``) or the reason it is not."""
+    device = torch.device(device)
+    return {name: unavailable_reason(name, device) for name in BACKENDS}
+
+
+def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
+    """The backends to try, in order, for a requested ``backend`` on ``device``.
+
+    ``auto`` yields every usable backend, best first; the interpreter is never chosen
+    automatically (it is far slower than the reference). An explicit backend yields itself or
+    raises ``BackendUnavailable``.
+    """
+    if backend not in CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
+    if backend == "auto":
+        if device.type != "cuda":
+            return ("torch",)
+        return tuple(b for b in BACKENDS if unavailable_reason(b, device) is None)
+    reason = unavailable_reason(backend, device)
+    if reason:
+        raise BackendUnavailable(f"backend {backend!r} is unavailable: {reason}")
+    return (backend,)

@@ -1,0 +1,95 @@
+"""Pure-PyTorch reference ops: the single source of truth.
+
+Every kernel (Triton, CUDA) is tested against these functions, the benchmarks use them as the
+eager baseline, and the ``torch`` backend (CPU fallback) runs them directly. They favour
+clarity over speed, but avoid needless copies so CPU training stays usable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def flash_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
+) -> Tensor:
+    """softmax(q @ k^T * scale + mask) @ v, with grouped-query attention.
+
+    q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq % Hkv == 0 and S >= T (S > T when decoding
+    with a KV cache: the causal mask is aligned to the end, query i sees keys <= i + S - T).
+    Returns (B, Hq, T, D) in q's dtype. The math runs in fp32 (fp64 inputs stay fp64).
+    """
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # view query heads as (Hkv, group) so each K/V head serves its group without a copy
+    qg = q.to(compute).reshape(B, Hkv, Hq // Hkv, T, D)  # (B, Hkv, G, T, D)
+    kf = k.to(compute).unsqueeze(2)  # (B, Hkv, 1, T, D)
+    vf = v.to(compute).unsqueeze(2)  # (B, Hkv, 1, T, D)
+    att = (qg @ kf.transpose(-2, -1)) * scale  # (B, Hkv, G, T, S)
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1 + S - T)
+        att = att.masked_fill(mask, float("-inf"))
+    out = att.softmax(dim=-1) @ vf  # (B, Hkv, G, T, D)
+    return out.reshape(B, Hq, T, D).to(q.dtype)
+
+
+def rms_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    eps: float | None = None,
+    residual: Tensor | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim; statistics in fp32.
+
+    eps None means ``torch.finfo(x.dtype).eps``, as ``torch.nn.RMSNorm``. With ``residual``,
+    h = x + residual (in x's dtype) is normalized and ``(normed, h)`` is returned, so a pre-norm
+    block reads the residual stream once.
+    """
+    h = x if residual is None else x + residual
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    hf = h.to(compute)
+    out = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight.to(compute)
+    out = out.to(x.dtype)
+    return out if residual is None else (out, h)
+
+
+@torch.no_grad()
+def fused_adamw_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool = False,
+) -> None:
+    """One AdamW step in place, exactly torch.optim.AdamW's math, computed in fp32.
+
+    ``steps`` are fp32 scalar tensors already incremented by the caller. Parameters may be
+    fp32/fp16/bf16; the moments are fp32. Nothing here synchronizes with the host.
+    """
+    for p, g, m, v, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        pf = p.float()
+        gf = -g.float() if maximize else g.float()
+        pf.mul_(1 - lr * weight_decay)
+        m.lerp_(gf, 1 - beta1)
+        v.mul_(beta2).addcmul_(gf, gf, value=1 - beta2)
+        bias_c1 = 1 - beta1 ** step.to(pf.device)
+        bias_c2_sqrt = (1 - beta2 ** step.to(pf.device)).sqrt()
+        denom = (v.sqrt() / bias_c2_sqrt).add_(eps)
+        pf.sub_((lr / bias_c1) * m / denom)
+        if pf is not p:
+            p.copy_(pf)

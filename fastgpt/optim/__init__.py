@@ -1,0 +1,5 @@
+"""Optimizers built on fastgpt's kernels."""
+
+from fastgpt.optim.fused_adamw import FusedAdamW
+
+__all__ = ["FusedAdamW"]
