@@ -77,7 +77,9 @@ def rms_norm(
     With ``residual`` returns ``(rms_norm(x + residual), x + residual)``.
     """
     if weight is not None and weight.shape != x.shape[-1:]:
-        raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} does not match the last dim of x {tuple(x.shape)}")
+        raise ValueError(
+            f"rms_norm: weight shape {tuple(weight.shape)} does not match the last dim of x {tuple(x.shape)}"
+        )
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"rms_norm: residual shape {tuple(residual.shape)} differs from x {tuple(x.shape)}")
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
@@ -113,7 +115,8 @@ def fused_adamw_(
 def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            f"flash_attention expects 4-D (B, H, T, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
+            "flash_attention expects 4-D (B, H, T, D) tensors, "
+            f"got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
         )
     if k.shape != v.shape:
         raise ValueError(f"flash_attention: k{tuple(k.shape)} and v{tuple(v.shape)} must have the same shape")
@@ -123,6 +126,8 @@ def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
             " and q may not be longer than k"
         )
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"flash_attention: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+        raise ValueError(
+            f"flash_attention: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
+        )
     if not (q.device == k.device == v.device):
         raise ValueError(f"flash_attention: q, k, v on different devices ({q.device}, {k.device}, {v.device})")

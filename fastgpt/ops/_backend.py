@@ -55,7 +55,8 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
         if _triton_error():
             return _triton_error()
         if device.type != "cuda" and not triton_interpreted():
-            return f"Triton kernels need a CUDA device (tensors are on {device}); set TRITON_INTERPRET=1 to run them slowly on CPU"
+            return (f"Triton kernels need a CUDA device (tensors are on {device}); "
+                    "set TRITON_INTERPRET=1 to run them slowly on CPU")
         return None
     if backend == "cuda":
         if device.type != "cuda":

@@ -87,7 +87,7 @@ def test_low_precision_params_keep_fp32_state(dtype: torch.dtype) -> None:
         ours.step()
         ref.step()
         with torch.no_grad():  # the reference keeps an fp32 master rounded like ours each step
-            for m, p in zip(master, ours_p):
+            for m in master:
                 m.copy_(m.to(dtype))
     state = ours.state[ours_p[0]]
     assert state["exp_avg"].dtype == torch.float32 and ours_p[0].dtype == dtype

@@ -1,0 +1,232 @@
+"""Run configuration: YAML files in ``configs/`` plus ``section.key=value`` overrides.
+
+A config has the sections ``model`` (GPTConfig fields, or ``preset: NAME`` plus overrides),
+``data`` (DataConfig), ``train``, ``optim``, ``eval`` and ``logging``. Every key is type-checked;
+an unknown one fails with a message naming it and the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastgpt.data import DataConfig
+from fastgpt.model import GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "out"  # checkpoints, metrics.jsonl, loss.png, config.yaml
+    batch_size: int = 12  # sequences per micro-batch (per rank)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_iters: int = 2000  # optimizer steps (ignored when epochs is set)
+    epochs: float | None = None  # train for this many passes over the data instead
+    eval_interval: int = 250  # estimate train/val loss every N steps
+    eval_iters: int = 20  # batches per loss estimate
+    log_interval: int = 10  # log the training loss every N steps
+    ckpt_interval: int = 0  # save every N steps (0 = at evals and the end)
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; fp16 uses a GradScaler)
+    compile: bool = False  # torch.compile the model
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    sample_tokens: int = 200  # tokens of text sampled at the end of training (0 = none)
+
+    def __post_init__(self) -> None:
+        _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
+            _positive(f"train.{name}", getattr(self, name))
+        if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
+            raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"train.epochs must be positive, got {self.epochs!r}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | fused_adamw | sgd ("adamw" uses the fused kernels when available)
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # floor of the cosine and linear schedules
+    weight_decay: float = 0.1  # on matrices and embeddings only, never on biases or norms
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    scheduler: str = "cosine"  # cosine | linear | step | constant (each after warmup)
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None = the run's length
+    step_size: int = 1000  # step scheduler: decay every N iterations
+    gamma: float = 0.1  # step scheduler: multiply the lr by this
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adamw", "fused_adamw", "sgd"))
+        _choice("optim.scheduler", self.scheduler, ("cosine", "linear", "step", "constant"))
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ValueError(f"optim.lr must be positive and optim.min_lr >= 0 (got {self.lr!r}, {self.min_lr!r})")
+        if self.warmup_iters < 0:
+            raise ValueError(f"optim.warmup_iters must be >= 0, got {self.warmup_iters!r}")
+
+
+@dataclass
+class EvalConfig:
+    mcq_benchmarks: list[str] = field(default_factory=list)  # e.g. [hellaswag] run at each eval
+    num_samples: int = 200  # examples per benchmark during training
+    data: dict[str, str] = field(default_factory=dict)  # task -> local JSONL (offline)
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = False
+    wandb_project: str = "fastgpt"
+    run_name: str | None = None
+
+
+SECTIONS: dict[str, type] = {
+    "model": GPTConfig, "data": DataConfig, "train": TrainConfig,
+    "optim": OptimConfig, "eval": EvalConfig, "logging": LoggingConfig,
+}
+
+
+@dataclass
+class Config:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides or []:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})[key] = value
+    return build_config(raw)
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    """A Config from nested dicts; unknown sections or keys and wrong types raise ValueError."""
+    for section in raw:
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = dict(raw.get(name) or {})
+        if not isinstance(values, dict):
+            raise ValueError(f"config section {name!r} must be a mapping of keys to values")
+        if name == "model" and "preset" in values:
+            from fastgpt.presets import PRESETS, preset_config
+
+            preset = values.pop("preset")
+            if preset not in PRESETS:
+                preset_config(str(preset))  # raises the unknown-preset error
+            values = {**PRESETS[preset], **values}
+        sections[name] = _make(cls, name, values)
+    return Config(**sections)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """'train.lr=3e-4' -> ('train', 'lr', 0.0003); the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    section, dot, name = key.partition(".")
+    if not sep or not dot or not section or not name:
+        raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.max_iters=100)")
+    return section, name, yaml.safe_load(value) if value != "" else ""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must map section names to mappings, got {type(data).__name__}")
+    return data
+
+
+def _make(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {section}.{key}{_near(key, names, section)}")
+        values[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the type hint ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except ValueError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{name} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _near(key: str, valid: typing.Iterable[str], section: str | None = None) -> str:
+    near = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    prefix = f"{section}." if section else ""
+    if near:
+        return f"; did you mean {', '.join(prefix + n for n in near)}?"
+    return f"; valid keys: {', '.join(prefix + v for v in valid)}"
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")

@@ -1,0 +1,55 @@
+"""Run logging: ``metrics.jsonl`` (one JSON object per event), ``loss.png``, optional wandb."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends events to ``out_dir/metrics.jsonl`` and redraws ``out_dir/loss.png`` on request."""
+
+    def __init__(self, out_dir: str | Path, wandb_run: Any | None = None) -> None:
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.plot_path = Path(out_dir) / "loss.png"
+        self.wandb_run = wandb_run
+
+    def log(self, **event: Any) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in event.items() if k != "iter"}, step=event.get("iter"))
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop events logged after ``iteration`` (a resumed run logs them again)."""
+        kept = [e for e in self.events() if e.get("iter", 0) <= iteration]
+        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+    def plot(self) -> None:
+        """Draw train (per log step) and val (per eval) loss against the iteration."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        events = self.events()
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+        for key, style in (("train_loss", "-"), ("val_loss", "o-")):
+            points = [(e["iter"], e[key]) for e in events if key in e and math.isfinite(e[key])]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, style, label=key.replace("_", " "), markersize=3)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("cross-entropy loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.plot_path)
+        plt.close(fig)

@@ -1,0 +1,31 @@
+"""What ``python -m fastgpt.train`` runs with no ``--config``: Shakespeare, sized for the machine.
+
+Mirrored in ``configs/shakespeare-cpu.yaml`` and ``configs/shakespeare-gpu.yaml``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# a character-level model that trains on 2 CPU cores in a few minutes
+CPU = {
+    "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0, "bias": False},
+    "data": {"dataset": "shakespeare", "tokenizer": "char"},
+    "train": {"out_dir": "out/shakespeare", "batch_size": 16, "max_iters": 1500, "eval_interval": 250,
+              "eval_iters": 10, "log_interval": 10},
+    "optim": {"lr": 2e-3, "min_lr": 2e-4, "warmup_iters": 50, "beta2": 0.99, "weight_decay": 0.1},
+}
+
+# nanoGPT's shakespeare-char model (6 x 6 x 384, context 256) in bf16
+GPU = {
+    "model": {"preset": "shakespeare-char"},
+    "data": {"dataset": "shakespeare", "tokenizer": "char"},
+    "train": {"out_dir": "out/shakespeare", "batch_size": 64, "max_iters": 5000, "eval_interval": 500,
+              "eval_iters": 100, "log_interval": 10, "dtype": "bfloat16"},
+    "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_iters": 100, "beta2": 0.99, "weight_decay": 0.1},
+}
+
+
+def default_recipe() -> dict:
+    """The GPU recipe when CUDA is available, else the CPU one."""
+    return GPU if torch.cuda.is_available() else CPU

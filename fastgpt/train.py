@@ -1,0 +1,364 @@
+"""``python -m fastgpt.train [--config FILE] [--resume] [section.key=value ...]``
+
+Prepares the data, builds the model, and trains it: AdamW with warmup and a decay schedule,
+gradient accumulation and clipping, mixed precision, periodic evaluation, ``metrics.jsonl`` and
+``loss.png``, atomic checkpoints (latest and best), exact resume, and a text sample at the end.
+Runs on one CPU or GPU, or several processes under ``torchrun`` (DDP). Ctrl-C or SIGTERM saves a
+checkpoint and exits; ``--resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fastgpt import checkpoint as ckpt
+from fastgpt.config import Config, build_config, load_config, parse_override
+from fastgpt.data import PreparedData, prepare_data
+from fastgpt.distributed import DistEnv, mean_across_ranks, setup, teardown
+from fastgpt.generate import generate
+from fastgpt.metrics import MetricsLog
+from fastgpt.model import GPT
+from fastgpt.recipes import default_recipe
+from fastgpt.schedule import make_scheduler
+
+MAX_NONFINITE_IN_A_ROW = 5
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+class TrainingError(ValueError):
+    """The run cannot go on (diverged, out of memory); the message says what to change."""
+
+
+class Trainer:
+    def __init__(self, cfg: Config, env: DistEnv, resume: bool = False) -> None:
+        self.cfg, self.env = cfg, env
+        self.out_dir = cfg.train.out_dir
+        torch.manual_seed(cfg.train.seed + env.rank)
+        self.data = self._prepare_data()
+        tok = self.data.tokenizer
+        self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
+        self._check_data_size()
+        with torch.device(env.device):
+            self.model = GPT(self.cfg.model)
+        self.optimizer = self._make_optimizer()
+        self.total_iters = self._total_iters()
+        self.scheduler = make_scheduler(self.optimizer, cfg.optim, self.total_iters)
+        dtype = getattr(torch, cfg.train.dtype)
+        self.autocast = (torch.autocast(env.device.type, dtype=dtype) if dtype != torch.float32
+                         else contextlib.nullcontext())
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+        loader_args = dict(device=env.device, rank=env.rank, world_size=env.world_size)
+        T, B = self.cfg.model.block_size, cfg.train.batch_size
+        self.train_loader = self.data.loader("train", T, B, cfg.data, **loader_args)
+        self.eval_loaders = {split: self.data.loader(split, T, B, replace(cfg.data, mode="random"), **loader_args)
+                             for split in ("train", "val") if self._count(split) > T}
+        self.iter, self.best_val, self.nonfinite, self.nonfinite_in_a_row = 0, math.inf, 0, 0
+        self.metrics = MetricsLog(self.out_dir, self._wandb()) if env.is_main else None
+        if resume:
+            self._resume()
+        self.runner = self._wrap(self.model)
+        self.stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ set-up steps
+    def _prepare_data(self) -> PreparedData:
+        # rank 0 prepares (or reuses) the data; the others wait, then reuse it
+        data = prepare_data(self.cfg.data, progress=self.env.is_main) if self.env.is_main else None
+        self.env.barrier()
+        return data or prepare_data(self.cfg.data, progress=False)
+
+    def _count(self, split: str) -> int:
+        return self.data.train_count if split == "train" else self.data.val_count
+
+    def _check_data_size(self) -> None:
+        need = self.cfg.model.block_size + 1
+        if self.data.train_count < need:
+            raise ValueError(f"dataset {self.cfg.data.dataset!r} has {self.data.train_count} training tokens, "
+                             f"fewer than block_size + 1 = {need}; use more data or a smaller model.block_size")
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # weight decay on matrices and embeddings; never on biases and norm gains
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        if o.name == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.beta1)
+        from fastgpt.ops import available_backends
+        from fastgpt.optim import FusedAdamW
+
+        kernels = any(available_backends(self.env.device)[b] is None for b in ("cuda", "triton"))
+        if o.name == "fused_adamw" or kernels:
+            return FusedAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+    def _total_iters(self) -> int:
+        t = self.cfg.train
+        if t.epochs is None:
+            return t.max_iters
+        tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size
+        return max(1, math.ceil(t.epochs * self.data.train_count / tokens_per_iter))
+
+    def _wrap(self, model: GPT) -> torch.nn.Module:
+        if self.cfg.train.compile:
+            model = torch.compile(model)
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _wandb(self) -> Any | None:
+        log = self.cfg.logging
+        if not log.wandb:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("logging.wandb=true needs the wandb package: pip install 'fastgpt[wandb]'") from None
+        return wandb.init(project=log.wandb_project, name=log.run_name, config=self.cfg.to_dict())
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "loader": self.train_loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def save(self, best: bool = False) -> None:
+        if self.env.is_main:
+            try:
+                ckpt.save_checkpoint(self.out_dir, self.iter, self.model, self.data.tokenizer,
+                                     self.cfg.to_dict(), self._state(), best=best)
+            except OSError as exc:
+                raise TrainingError(f"could not save a checkpoint in {self.out_dir!r} ({exc.strerror or exc}); "
+                                    "the previous checkpoint is kept") from None
+        self.env.barrier()
+
+    def _resume(self) -> None:
+        path = ckpt.resolve_checkpoint(self.out_dir, "latest")
+        saved = ckpt.read_config(path)
+        if saved["model"] != self.cfg.to_dict()["model"]:
+            diff = {k: (v, self.cfg.to_dict()["model"].get(k)) for k, v in saved["model"].items()
+                    if self.cfg.to_dict()["model"].get(k) != v}
+            raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its model config differs "
+                                       f"(saved, now): {diff}")
+        ckpt.load_weights(self.model, path)
+        state = ckpt.load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.iter, self.best_val, self.nonfinite = state["iter"], state["best_val"], state["nonfinite"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.iter)
+        self._say(f"resumed from {path} at iteration {self.iter}")
+
+    # ------------------------------------------------------------------- training
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over ``eval_iters`` batches of each split (the same batches every time)."""
+        self.model.eval()
+        out = {}
+        for split, loader in self.eval_loaders.items():
+            loader.step = 0
+            losses = []
+            for _ in range(self.cfg.train.eval_iters):
+                x, y, w = loader.next_batch()
+                with self.autocast:
+                    _, loss = self.model(x, y, w)
+                losses.append(loss.item())
+            out[f"{split}_loss"] = mean_across_ranks(sum(losses) / len(losses), self.env)
+        self.model.train()
+        return out
+
+    def train_step(self) -> float | None:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; None when skipped (non-finite)."""
+        accum = self.cfg.train.grad_accum_steps
+        total, finite = 0.0, True
+        for micro in range(accum):
+            x, y, w = self.train_loader.next_batch()
+            sync = micro == accum - 1 or not self.env.distributed
+            with (contextlib.nullcontext() if sync else self.runner.no_sync()), self.autocast:
+                _, loss = self.runner(x, y, w)
+            finite = finite and bool(torch.isfinite(loss))
+            if finite:
+                self.scaler.scale(loss / accum).backward()
+                total += loss.item() / accum
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def run(self) -> None:
+        t = self.cfg.train
+        self._install_signal_handlers()
+        self._say(self.model.summary())
+        self._say(f"data: {self.data.train_count:,} train / {self.data.val_count:,} val tokens "
+                  f"({self.data.tokenizer.name}, vocab {self.data.tokenizer.vocab_size}) in {self.data.dir}")
+        if self.iter == 0:
+            self._eval_and_log()
+        tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size
+        # the bar shows on a terminal (rank 0 only); logs and pipes get the eval lines alone
+        bar = tqdm(total=self.total_iters, initial=self.iter, disable=None if self.env.is_main else True, unit="it",
+                   dynamic_ncols=True, file=sys.stderr)
+        last = time.perf_counter()
+        while self.iter < self.total_iters:
+            loss = self.train_step()
+            self.iter += 1
+            self.scheduler.step()
+            bar.update(1)
+            if loss is None:
+                self._nonfinite()
+            else:
+                self.nonfinite_in_a_row = 0
+            if self.iter % t.log_interval == 0 and loss is not None:
+                now = time.perf_counter()
+                tps = tokens_per_iter * t.log_interval / (now - last)
+                last = now
+                event = {"iter": self.iter, "train_loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                         "tokens_per_s": tps, "world_size": self.env.world_size}
+                mfu = self._mfu(tps)
+                if mfu is not None:
+                    event["mfu"] = mfu
+                self._log(**event)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in event.items() if k not in ("iter", "world_size")})
+            evaluated = self.iter % t.eval_interval == 0 or self.iter == self.total_iters
+            best = self._eval_and_log() if evaluated else False
+            if evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0):
+                self.save(best=best)
+            if self.stop_signal is not None:
+                self.save()
+                bar.close()
+                self._say(f"stopped by {signal.Signals(self.stop_signal).name} at iteration {self.iter}; "
+                          f"checkpoint saved in {self.out_dir}; continue with --resume")
+                sys.exit(128 + self.stop_signal)
+        bar.close()
+        if self.env.is_main and t.sample_tokens:
+            self.sample()
+
+    def _eval_and_log(self) -> bool:
+        losses = self.evaluate()
+        self._log(iter=self.iter, **losses)
+        self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if self.metrics is not None:
+            self.metrics.plot()
+        val = losses.get("val_loss", losses.get("train_loss", math.inf))
+        if val < self.best_val:
+            self.best_val = val
+            return True
+        return False
+
+    def _nonfinite(self) -> None:
+        self.nonfinite += 1
+        self.nonfinite_in_a_row += 1
+        self._log(iter=self.iter, skipped="non-finite loss", nonfinite_total=self.nonfinite)
+        if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise TrainingError(
+                f"the loss was NaN or inf {self.nonfinite_in_a_row} steps in a row (up to iteration {self.iter}); "
+                f"the run diverged: try a lower optim.lr (now {self.cfg.optim.lr:g}) or more warmup"
+            )
+
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        if self.env.device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(self.env.device)
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        if peak is None:
+            return None
+        return self.model.flops_per_token() * tokens_per_s / (peak * self.env.world_size)
+
+    def sample(self) -> None:
+        tok = self.data.tokenizer
+        self.model.eval()
+        prompt = tok.encode("\n")
+        g = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
+        ids = list(generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=200,
+                            eot_id=tok.eot_id, generator=g))
+        if ids and ids[-1] == tok.eot_id:
+            ids.pop()
+        print(f"\n--- sample after {self.iter} iterations ---\n{tok.decode(ids)}\n---", flush=True)
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def _log(self, **event: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.log(**event)
+
+    def _say(self, text: str) -> None:
+        if self.env.is_main:
+            tqdm.write(text, file=sys.stderr)
+
+
+def resolve_config(config_path: str | None, overrides: list[str]) -> Config:
+    """The file's config, or the machine's default recipe, with overrides applied."""
+    if config_path is not None:
+        return load_config(config_path, overrides)
+    raw = {section: dict(values) for section, values in default_recipe().items()}
+    for item in overrides:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})[key] = value
+    return build_config(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1])
+    p.add_argument("--config", help="a YAML config (default: Shakespeare sized for this machine)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = p.parse_args(argv)
+    cfg = resolve_config(args.config, args.overrides)
+    env = setup(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, env, resume=args.resume)
+        if env.is_main:
+            import pathlib
+
+            pathlib.Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
+            trainer.cfg.save(pathlib.Path(cfg.train.out_dir) / "config.yaml")
+        trainer.run()
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"CUDA ran out of memory; use a smaller train.batch_size (now {cfg.train.batch_size}) "
+                            "and more train.grad_accum_steps, or a smaller model") from None
+    finally:
+        teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    from fastgpt.cli import run
+
+    run(main)
