@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+import fastgpt
 from fastgpt import train as train_mod
-from fastgpt.checkpoint import load, resolve_checkpoint
+from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.generate import generate
 
 TINY = [
@@ -63,7 +64,7 @@ def test_train_learns_saves_and_loads(tmp_path: Path, corpus: Path) -> None:
     assert len(train) == 40 and all({"lr", "tokens_per_s", "world_size"} <= e.keys() for e in train)
     assert (out / "loss.png").stat().st_size > 1000 and (out / "config.yaml").exists()
     assert resolve_checkpoint(out).name == "ckpt-000040"
-    model, tok = load(out)
+    model, tok = fastgpt.load(out)
     text = tok.decode(list(generate(model, tok.encode("the "), 30, greedy=True)))
     assert len(text) >= 30 and set(text) <= set(corpus.read_text()) | {"\n"}
 

@@ -1,0 +1,62 @@
+"""The package itself: light imports, no extension needed, info, the CUDA build switches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgpt.ops import BackendUnavailable, available_backends, flash_attention
+
+
+def _run(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_import_does_not_pull_heavy_optional_packages() -> None:
+    proc = _run("import sys, fastgpt, fastgpt.train, fastgpt.generate\n"
+                "print(sorted(m for m in ('datasets', 'transformers', 'wandb') if m in sys.modules))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_gpt2_parameter_count_one_liner() -> None:
+    proc = _run("import fastgpt; print(fastgpt.GPT.from_preset('gpt2').num_params())")
+    assert proc.stdout.strip() == "124439808", proc.stderr
+
+
+def test_info_names_every_backend() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fastgpt.info"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("torch ", "triton", "cuda ", "available"):
+        assert word in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallbacks")
+def test_cpu_fallbacks_and_explicit_backend_errors() -> None:
+    reasons = available_backends("cpu")
+    assert reasons["torch"] is None and "CUDA device" in reasons["cuda"]
+    q = torch.randn(1, 2, 5, 8)
+    torch.testing.assert_close(flash_attention(q, q, q, backend="auto"), flash_attention(q, q, q, backend="torch"))
+    with pytest.raises(BackendUnavailable, match="backend 'cuda' is unavailable"):
+        flash_attention(q, q, q, backend="cuda")
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        flash_attention(q, q, q, backend="tpu")
+
+
+def test_forced_cuda_build_fails_loudly_without_cuda_torch(tmp_path) -> None:
+    if torch.version.cuda is not None:
+        pytest.skip("this torch is a CUDA build: the forced build could succeed")
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "FASTGPT_FORCE_CUDA_BUILD": "1"}
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=root, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode != 0 and "FASTGPT_FORCE_CUDA_BUILD=1" in proc.stderr
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "FASTGPT_SKIP_CUDA_BUILD": "1"})
+    assert proc.returncode == 0 and "skipping the CUDA extension" in proc.stderr
