@@ -180,3 +180,16 @@ def test_summary_and_flops() -> None:
     cfg = model.config
     assert model.flops_per_token() == 6 * model.num_params(non_embedding=True) + 12 * 2 * 16 * 32
     assert dataclasses.asdict(cfg)["n_kv_head"] == 4 and cfg.ffn_dim == 128
+
+
+@pytest.mark.parametrize("norm", ["rms_norm", "layer_norm"])
+def test_bf16_autocast_matches_fp32(norm: str) -> None:
+    """Sublayers return bf16 under autocast while the residual stream stays fp32."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, norm=norm))
+    idx = torch.randint(0, 61, (2, 12))
+    _, ref = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 0.05

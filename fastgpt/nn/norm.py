@@ -29,7 +29,9 @@ class AddNorm(nn.Module):
 
     def forward(self, h: Tensor, delta: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if delta is not None and isinstance(self.norm, RMSNorm):
-            return self.norm(delta, residual=h)
+            # under autocast the sublayers return bf16/fp16 while the residual stream stays fp32:
+            # add in the stream's dtype, as the unfused h + delta would
+            return self.norm(delta.to(h.dtype), residual=h)
         if delta is not None:
             h = h + delta
         return self.norm(h), h

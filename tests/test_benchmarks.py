@@ -1,0 +1,110 @@
+"""The benchmark scripts run (--quick: tiny sizes, reference + Triton-interpreter providers on CPU)
+and write well-formed JSON, CSV and PNG files; summary.py merges them.
+
+The four scripts start together as subprocesses (each pays for its own torch import, so running
+them side by side keeps the whole file near the slowest one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+BENCHES = ("attn", "rms_norm", "adamw", "train")
+SUMMARY_KEYS = {
+    "attn": {"attn_fwd_bwd_vs_sdpa", "attn_fwd_fraction_of_matmul_peak"},
+    "rms_norm": {"rms_norm_fraction_of_bandwidth", "rms_norm_vs_torch_compile"},
+    "adamw": {"adamw_fraction_of_bandwidth", "adamw_vs_torch_fused"},
+    "train": {"train_mfu", "train_vs_torch_compile"},
+}
+ROW_FIELDS = {"bench", "provider", "ours", "mode", "ms", "value", "unit", "fraction_of_ceiling", "vs_best_baseline"}
+STAMP_FIELDS = {"device", "driver", "torch", "triton", "cuda", "commit", "date", "rows", "summary", "ceilings",
+                "skipped", "quick"}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    out = tmp_path_factory.mktemp("bench")
+    logs = tmp_path_factory.mktemp("bench-logs")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = {}
+    for name in BENCHES:
+        # output to files, not pipes: four children must never block on a full pipe
+        with open(logs / f"{name}.log", "w") as log:
+            cmd = [sys.executable, str(BENCH_DIR / f"{name}.py"), "--quick", "--out", str(out)]
+            procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    done = {}
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, (logs / f"{name}.log").read_text(), "")
+    return out, done
+
+
+def _only(out: Path, pattern: str) -> Path:
+    found = sorted(out.glob(pattern))
+    assert len(found) == 1, f"expected one {pattern} in {out}, found {[p.name for p in found]}"
+    return found[0]
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_quick_run_writes_results(quick_runs, name: str) -> None:
+    out, runs = quick_runs
+    run = runs[name]
+    assert run.returncode == 0, f"{name}.py --quick failed:\n{run.stdout[-4000:]}"
+    doc = json.loads(_only(out, f"{name}-*-quick.json").read_text())
+    assert STAMP_FIELDS <= doc.keys()
+    assert doc["bench"] == name and doc["quick"] is True
+    assert doc["ceilings"]["matmul_tflops"] > 0 and doc["ceilings"]["copy_gbps"] > 0
+    assert set(doc["summary"]) == SUMMARY_KEYS[name]
+    rows = doc["rows"]
+    assert rows, f"{name}: no measurements; skipped: {doc['skipped']}"
+    for row in rows:
+        assert ROW_FIELDS <= row.keys(), f"{name}: row lacks {ROW_FIELDS - row.keys()}: {row}"
+        assert row["bench"] == name and row["ms"] > 0 and row["value"] > 0
+    providers = {r["provider"] for r in rows}
+    # the eager reference (or the stock-PyTorch baseline for train) always runs
+    assert providers & {"reference", "baseline"}, providers
+    with open(_only(out, f"{name}-*-quick.csv"), newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and ROW_FIELDS <= set(table[0])
+    assert _only(out, f"{name}-*-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_runs_time_the_triton_interpreter(quick_runs) -> None:
+    """Without CUDA, --quick runs our Triton kernels in the interpreter (when Triton is installed)."""
+    pytest.importorskip("triton")
+    out, runs = quick_runs
+    for name in BENCHES:
+        matches = list(out.glob(f"{name}-*-quick.json"))
+        if runs[name].returncode or not matches:
+            pytest.fail(f"{name}.py --quick did not write its results")
+        doc = json.loads(matches[0].read_text())
+        ours = [r for r in doc["rows"] if r["provider"] == "triton"]
+        assert ours or any(s["provider"] == "triton" for s in doc["skipped"]), f"{name}: triton neither ran nor noted"
+
+
+def test_summary_merges_latest_results(quick_runs) -> None:
+    out, _ = quick_runs
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "summary.py"), "--results", str(out), "--include-quick"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    merged = json.loads((out / "summary.json").read_text())
+    assert set(merged["keys"]) == set().union(*SUMMARY_KEYS.values())
+    assert set(merged["sources"]) == set(BENCHES)
+    assert "| key | value | target | met? |" in res.stdout
+    # without --include-quick the quick runs are ignored: nothing measured
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "summary.py"), "--results", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and json.loads((out / "summary.json").read_text())["sources"] == {}
