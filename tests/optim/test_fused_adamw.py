@@ -9,7 +9,7 @@ import torch
 
 from fastgpt.optim import FusedAdamW
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 
 
 def _params(dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
