@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,15 +37,20 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; fp16 uses a GradScaler)
     compile: bool = False  # torch.compile the model
+    parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) | fsdp (FSDP2 shards, DCP checkpoints)
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     sample_tokens: int = 200  # tokens of text sampled at the end of training (0 = none)
+    init_from: str = "scratch"  # scratch | hf:PATH_OR_HUB_ID (a Hugging Face GPT-2 or Llama; sets model.*)
 
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
             _positive(f"train.{name}", getattr(self, name))
         if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
             raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
+        if self.init_from != "scratch" and not (self.init_from.startswith("hf:") and len(self.init_from) > 3):
+            raise ValueError(f"train.init_from={self.init_from!r} is not 'scratch' or 'hf:PATH_OR_HUB_ID'")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"train.epochs must be positive, got {self.epochs!r}")
 
@@ -116,7 +122,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = _read_yaml(Path(path))
     for item in overrides or []:
         section, key, value = parse_override(item)
-        raw.setdefault(section, {})[key] = value
+        if raw.get(section) is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise ValueError(f"config section {section!r} must be a mapping of keys to values, "
+                             f"got {type(raw[section]).__name__}")
+        raw[section][key] = value
     return build_config(raw)
 
 
@@ -127,9 +138,11 @@ def build_config(raw: dict[str, Any]) -> Config:
             raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")
     sections = {}
     for name, cls in SECTIONS.items():
-        values = dict(raw.get(name) or {})
+        values = raw.get(name) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"config section {name!r} must be a mapping of keys to values")
+            raise ValueError(f"config section {name!r} must be a mapping of keys to values, "
+                             f"got {type(values).__name__}")
+        values = dict(values)
         if name == "model" and "preset" in values:
             from fastgpt.presets import PRESETS, preset_config
 
@@ -147,14 +160,22 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     section, dot, name = key.partition(".")
     if not sep or not dot or not section or not name:
         raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.max_iters=100)")
-    return section, name, yaml.safe_load(value) if value != "" else ""
+    if value == "":
+        return section, name, ""
+    try:
+        return section, name, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({reason})") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
+    except OSError as exc:  # a folder, no permission, ...
+        raise ValueError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
@@ -200,13 +221,17 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be a mapping, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string
-            return float(value)
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
         except ValueError:
-            pass
+            number = None  # not a number: the type error below
+        if number is not None:
+            if not math.isfinite(number):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            return number
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):

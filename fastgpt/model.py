@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,11 @@ from fastgpt.nn.mlp import ACTIVATIONS, FFN_TYPES, MLP, GatedMLP
 from fastgpt.nn.norm import NORMS, AddNorm
 from fastgpt.nn.rotary import Rotary, sincos_table
 from fastgpt.ops._backend import CHOICES as BACKENDS
+
+if TYPE_CHECKING:
+    import os
+
+    from fastgpt.tokenizers import Tokenizer
 
 POS_ENCODINGS = ("learned", "sincos", "rope", "none")
 INITS = ("gpt2", "xavier", "kaiming", "none")
@@ -168,6 +174,21 @@ class GPT(nn.Module):
 
         with torch.device(device or "cpu"):
             return cls(preset_config(name, **overrides))
+
+    @classmethod
+    def from_hf(cls, model_or_path: object, **overrides: object) -> GPT:
+        """A GPT holding a Hugging Face GPT-2 or Llama model's weights: an instance, a local folder or a
+        hub id (``fastgpt.hf.from_hf``); ``overrides`` may set backends and dropouts."""
+        from fastgpt.hf import from_hf
+
+        return from_hf(model_or_path, **overrides)
+
+    def to_hf(self, path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> list[str]:
+        """Write a Hugging Face model folder (GPT2LMHeadModel or LlamaForCausalLM, plus the tokenizer's
+        files where it has a HF equivalent); returns the file names (``fastgpt.hf.to_hf``)."""
+        from fastgpt.hf import to_hf
+
+        return to_hf(self, path, tokenizer)
 
     # ----------------------------------------------------------------------------- init
     def reset_parameters(self) -> None:

@@ -3,8 +3,10 @@
 Prepares the data, builds the model, and trains it: AdamW with warmup and a decay schedule,
 gradient accumulation and clipping, mixed precision, periodic evaluation, ``metrics.jsonl`` and
 ``loss.png``, atomic checkpoints (latest and best), exact resume, and a text sample at the end.
-Runs on one CPU or GPU, or several processes under ``torchrun`` (DDP). Ctrl-C or SIGTERM saves a
-checkpoint and exits; ``--resume`` continues from it.
+Runs on one CPU or GPU, or several processes under ``torchrun``: DDP, or FSDP2 with sharded (DCP)
+checkpoints (``train.parallel``). Every rank takes its slice of one global batch, so N ranks train like
+one process with N times the batch. Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume``
+continues from it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import contextlib
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -26,7 +29,17 @@ from tqdm import tqdm
 from fastgpt import checkpoint as ckpt
 from fastgpt.config import Config, build_config, load_config, parse_override
 from fastgpt.data import PreparedData, prepare_data
-from fastgpt.distributed import DistEnv, mean_across_ranks, setup, teardown
+from fastgpt.distributed import (
+    DistEnv,
+    collective_failure,
+    gather_objects,
+    mean_across_ranks,
+    setup,
+    shard_fsdp,
+    sum_across_ranks,
+    teardown,
+    wrap_ddp,
+)
 from fastgpt.generate import generate
 from fastgpt.metrics import MetricsLog
 from fastgpt.model import GPT
@@ -45,38 +58,96 @@ class Trainer:
     def __init__(self, cfg: Config, env: DistEnv, resume: bool = False) -> None:
         self.cfg, self.env = cfg, env
         self.out_dir = cfg.train.out_dir
-        torch.manual_seed(cfg.train.seed + env.rank)
         self.data = self._prepare_data()
         tok = self.data.tokenizer
         self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
+        hf_model = self._from_hf() if cfg.train.init_from != "scratch" else None  # sets self.cfg.model
         self._check_data_size()
+        self.sharded = cfg.train.parallel == "fsdp"  # DCP checkpoints; FSDP2 shards when distributed
+        self.fsdp = self.sharded and env.distributed
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them in place)
         with torch.device(env.device):
             self.model = GPT(self.cfg.model)
+        if hf_model is not None:
+            self.model.load_state_dict(hf_model.state_dict())
+        torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
+        dtype = getattr(torch, cfg.train.dtype)
+        if self.fsdp:
+            m = self.cfg.model  # blocks sharing a module cannot be sharded one by one: then only the root is
+            tied = m.tie_ffn_across_layers or m.tie_attn_proj_across_layers
+            shard_fsdp(self.model, [] if tied else list(self.model.blocks), dtype, env)
         self.optimizer = self._make_optimizer()
         self.total_iters = self._total_iters()
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, self.total_iters)
-        dtype = getattr(torch, cfg.train.dtype)
-        self.autocast = (torch.autocast(env.device.type, dtype=dtype) if dtype != torch.float32
+        # FSDP's mixed-precision policy casts the weights itself; elsewhere autocast does
+        self.autocast = (torch.autocast(env.device.type, dtype=dtype) if dtype != torch.float32 and not self.fsdp
                          else contextlib.nullcontext())
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+        if self.fsdp:  # its inf/NaN check agrees over the ranks, each of which holds a shard of the gradients
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(env.device.type, enabled=dtype == torch.float16)
+        else:
+            self.scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
         loader_args = dict(device=env.device, rank=env.rank, world_size=env.world_size)
         T, B = self.cfg.model.block_size, cfg.train.batch_size
         self.train_loader = self.data.loader("train", T, B, cfg.data, **loader_args)
         self.eval_loaders = {split: self.data.loader(split, T, B, replace(cfg.data, mode="random"), **loader_args)
                              for split in ("train", "val") if self._count(split) > T}
         self.iter, self.best_val, self.nonfinite, self.nonfinite_in_a_row = 0, math.inf, 0, 0
+        self.saved_iter: int | None = None
         self.metrics = MetricsLog(self.out_dir, self._wandb()) if env.is_main else None
+        self.benchmarks = self._load_benchmarks()
         if resume:
             self._resume()
         self.runner = self._wrap(self.model)
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # set by the signal handler on this rank
+        self.stopping = False  # some rank got a signal: every rank saves and exits after this step
 
     # ------------------------------------------------------------------ set-up steps
     def _prepare_data(self) -> PreparedData:
-        # rank 0 prepares (or reuses) the data; the others wait, then reuse it
-        data = prepare_data(self.cfg.data, progress=self.env.is_main) if self.env.is_main else None
+        # rank 0 prepares (or reuses) the data; then the first rank of each other node, whose
+        # data.cache_dir may be a disk of its own; then the others reuse it
+        data = prepare_data(self.cfg.data, progress=True) if self.env.is_main else None
+        self.env.barrier()
+        if data is None and self.env.local_rank == 0:
+            data = prepare_data(self.cfg.data, progress=False)
         self.env.barrier()
         return data or prepare_data(self.cfg.data, progress=False)
+
+    def _from_hf(self) -> GPT:
+        """The Hugging Face model of ``train.init_from``; its config replaces model.* (backends kept)."""
+        from fastgpt.hf import from_hf
+
+        init, m, tok = self.cfg.train.init_from, self.cfg.model, self.data.tokenizer
+        model = from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
+        if model.config.vocab_size != tok.vocab_size:
+            raise ValueError(f"train.init_from={init!r} has a vocabulary of {model.config.vocab_size} tokens but "
+                             f"data.tokenizer={self.cfg.data.tokenizer!r} has {tok.vocab_size}; use the tokenizer "
+                             "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
+        self.cfg.model = model.config
+        return model
+
+    def _load_benchmarks(self) -> dict[str, list]:
+        """``eval.num_samples`` questions of each ``eval.mcq_benchmarks`` task, on the ranks that score
+        them (rank 0; every rank under FSDP, whose forward needs them all), checked to encode."""
+        from fastgpt.mcq import encode_pair
+        from fastgpt.tasks import get_task, load_items
+
+        e = self.cfg.eval
+        for task in e.mcq_benchmarks:
+            get_task(task)
+        if not (self.env.is_main or self.fsdp):
+            return {}
+        benchmarks = {task: load_items(task, e.data.get(task), e.num_samples) for task in e.mcq_benchmarks}
+        for task, items in benchmarks.items():
+            try:
+                for item in items:
+                    for context, continuation in item.pairs():
+                        encode_pair(self.data.tokenizer, context, continuation)
+            except ValueError as exc:
+                raise ValueError(f"eval.mcq_benchmarks: {task} does not encode with data.tokenizer="
+                                 f"{self.cfg.data.tokenizer!r}: {exc}") from None
+        return benchmarks
 
     def _count(self, split: str) -> int:
         return self.data.train_count if split == "train" else self.data.val_count
@@ -99,6 +170,11 @@ class Trainer:
         from fastgpt.optim import FusedAdamW
 
         kernels = any(available_backends(self.env.device)[b] is None for b in ("cuda", "triton"))
+        if self.fsdp:  # its parameters are DTensor shards, which torch's foreach AdamW updates
+            if o.name == "fused_adamw":
+                raise ValueError("optim.name='fused_adamw' cannot update FSDP's sharded parameters; "
+                                 "use optim.name=adamw with train.parallel=fsdp")
+            kernels = False
         if o.name == "fused_adamw" or kernels:
             return FusedAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
         return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
@@ -113,11 +189,8 @@ class Trainer:
     def _wrap(self, model: GPT) -> torch.nn.Module:
         if self.cfg.train.compile:
             model = torch.compile(model)
-        if self.env.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+        if self.env.distributed and not self.fsdp:
+            model = wrap_ddp(model, self.env)
         return model
 
     def _wandb(self) -> Any | None:
@@ -132,23 +205,50 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
-        return {
+        """What state.pt holds; every rank calls it (it gathers each rank's RNG state)."""
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        state = {
             "iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "loader": self.train_loader.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "loader": self.train_loader.state_dict(), "rng": gather_objects(rng, self.env),
         }
+        if not self.sharded:  # a sharded checkpoint keeps it in its DCP shards
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def save(self, best: bool = False) -> None:
-        if self.env.is_main:
+        """Checkpoint this iteration (once); every rank takes part, and all fail together."""
+        if self.saved_iter == self.iter:
+            return
+        state, error = self._state(), None
+        staged = ckpt.staging_dir(self.out_dir, self.iter) if self.sharded else None
+        if staged is not None:  # every rank writes its shards into one staging folder
+            if self.env.is_main:
+                try:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    staged.mkdir(parents=True)
+                except OSError as exc:
+                    error = exc
+            if not sum_across_ranks([error is not None], self.env)[0]:
+                try:
+                    ckpt.save_shards(staged, self.model, self.optimizer, no_dist=not self.env.distributed)
+                except OSError as exc:  # raised on every rank when any rank's write failed
+                    error = exc
+        if self.env.is_main and error is None:
             try:
-                ckpt.save_checkpoint(self.out_dir, self.iter, self.model, self.data.tokenizer,
-                                     self.cfg.to_dict(), self._state(), best=best)
+                ckpt.save_checkpoint(self.out_dir, self.iter, None if self.sharded else self.model,
+                                     self.data.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged)
             except OSError as exc:
-                raise TrainingError(f"could not save a checkpoint in {self.out_dir!r} ({exc.strerror or exc}); "
-                                    "the previous checkpoint is kept") from None
-        self.env.barrier()
+                error = exc
+        if sum_across_ranks([error is not None], self.env)[0]:
+            if staged is not None and self.env.is_main:
+                shutil.rmtree(staged, ignore_errors=True)
+            reason = ("it failed on another rank" if error is None
+                      else getattr(error, "strerror", None) or (str(error).strip() or type(error).__name__)[:200])
+            raise TrainingError(f"could not save a checkpoint in {self.out_dir!r} ({reason}); "
+                                "the previous checkpoint is kept")
+        self.saved_iter = self.iter
 
     def _resume(self) -> None:
         path = ckpt.resolve_checkpoint(self.out_dir, "latest")
@@ -158,22 +258,41 @@ class Trainer:
                     if self.cfg.to_dict()["model"].get(k) != v}
             raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its model config differs "
                                        f"(saved, now): {diff}")
-        ckpt.load_weights(self.model, path)
         state = ckpt.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.train_loader.load_state_dict(state["loader"])
-        self.iter, self.best_val, self.nonfinite = state["iter"], state["best_val"], state["nonfinite"]
-        rng = state["rng"]
+        if self.fsdp and not ckpt.is_sharded(path):
+            raise ckpt.CheckpointError(f"cannot resume {str(path)!r} with train.parallel=fsdp: it is a "
+                                       "single-file (ddp) checkpoint; resume it with train.parallel=ddp")
+        try:
+            if ckpt.is_sharded(path):  # DCP reshards: any number of ranks, FSDP or not
+                ckpt.load_shards(path, self.model, self.optimizer, no_dist=not self.env.distributed)
+            else:
+                ckpt.load_weights(self.model, path)
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.train_loader.load_state_dict(state["loader"])
+            self.iter, self.best_val, self.nonfinite = state["iter"], state["best_val"], state["nonfinite"]
+            self._restore_rng(state["rng"])
+        except (KeyError, TypeError, IndexError) as exc:  # a state.pt of another layout (older fastgpt, ...)
+            raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
+                                       f"({type(exc).__name__}: {exc})") from None
+        self.saved_iter = self.iter
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.iter)
+        self._say(f"resumed from {path} at iteration {self.iter}")
+
+    def _restore_rng(self, saved: list[dict[str, Any]]) -> None:
+        """Each rank's saved RNG state; on another number of ranks, a fresh seed per (seed, rank, iter)."""
+        if len(saved) != self.env.world_size:
+            seq = np.random.SeedSequence([self.cfg.train.seed, self.env.rank, self.iter])
+            torch.manual_seed(int(seq.generate_state(1)[0]))
+            return
+        rng = saved[self.env.rank]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        if self.metrics is not None:
-            self.metrics.truncate_after(self.iter)
-        self._say(f"resumed from {path} at iteration {self.iter}")
 
     # ------------------------------------------------------------------- training
     @torch.no_grad()
@@ -194,19 +313,26 @@ class Trainer:
         return out
 
     def train_step(self) -> float | None:
-        """One optimizer step over ``grad_accum_steps`` micro-batches; None when skipped (non-finite)."""
+        """One optimizer step over ``grad_accum_steps`` micro-batches; None when skipped (non-finite).
+
+        The loss returned is the mean over the micro-batches and the ranks. The one all-reduce that
+        computes it also tells every rank whether any rank saw a non-finite loss or got a signal
+        (``self.stopping``), so that all ranks skip, or stop, at the same step.
+        """
         accum = self.cfg.train.grad_accum_steps
-        total, finite = 0.0, True
+        ddp = self.env.distributed and not self.fsdp  # FSDP reduce-scatters every micro-batch
+        total = torch.zeros((), dtype=torch.float64, device=self.env.device)
         for micro in range(accum):
             x, y, w = self.train_loader.next_batch()
-            sync = micro == accum - 1 or not self.env.distributed
+            sync = micro == accum - 1 or not ddp
             with (contextlib.nullcontext() if sync else self.runner.no_sync()), self.autocast:
                 _, loss = self.runner(x, y, w)
-            finite = finite and bool(torch.isfinite(loss))
-            if finite:
-                self.scaler.scale(loss / accum).backward()
-                total += loss.item() / accum
-        if not finite:
+            # backward even on a NaN loss: the other ranks' gradient all-reduce waits for this one
+            self.scaler.scale(loss / accum).backward()
+            total += loss.detach() / accum
+        loss_sum, stopping = sum_across_ranks([total, float(self.stop_signal is not None)], self.env)
+        self.stopping = stopping > 0
+        if not math.isfinite(loss_sum):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         if self.cfg.train.grad_clip > 0:
@@ -215,7 +341,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return loss_sum / self.env.world_size
 
     def run(self) -> None:
         t = self.cfg.train
@@ -254,20 +380,25 @@ class Trainer:
             best = self._eval_and_log() if evaluated else False
             if evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0):
                 self.save(best=best)
-            if self.stop_signal is not None:
+            if self.stopping:
                 self.save()
                 bar.close()
-                self._say(f"stopped by {signal.Signals(self.stop_signal).name} at iteration {self.iter}; "
+                sig = self.stop_signal or signal.SIGTERM  # another rank got the signal (torchrun sends SIGTERM)
+                self._say(f"stopped by {signal.Signals(sig).name} at iteration {self.iter}; "
                           f"checkpoint saved in {self.out_dir}; continue with --resume")
-                sys.exit(128 + self.stop_signal)
+                sys.exit(128 + sig)
         bar.close()
-        if self.env.is_main and t.sample_tokens:
+        if t.sample_tokens and (self.env.is_main or self.fsdp):  # FSDP: every rank computes, rank 0 prints
             self.sample()
 
     def _eval_and_log(self) -> bool:
         losses = self.evaluate()
         self._log(iter=self.iter, **losses)
         self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if self.benchmarks:
+            scores = self._score_benchmarks()
+            self._log(iter=self.iter, **scores)
+            self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if self.metrics is not None:
             self.metrics.plot()
         val = losses.get("val_loss", losses.get("train_loss", math.inf))
@@ -275,6 +406,17 @@ class Trainer:
             self.best_val = val
             return True
         return False
+
+    def _score_benchmarks(self) -> dict[str, float]:
+        """``{task}_acc`` and ``{task}_acc_norm`` of every loaded benchmark (``fastgpt.mcq``)."""
+        from fastgpt.mcq import evaluate_mcq
+
+        scores = {}
+        with self.autocast:
+            for task, items in self.benchmarks.items():
+                result = evaluate_mcq(self.model, self.data.tokenizer, items, self.cfg.train.batch_size)
+                scores[f"{task}_acc"], scores[f"{task}_acc_norm"] = result["acc"], result["acc_norm"]
+        return scores
 
     def _nonfinite(self) -> None:
         self.nonfinite += 1
@@ -304,7 +446,8 @@ class Trainer:
                             eot_id=tok.eot_id, generator=g))
         if ids and ids[-1] == tok.eot_id:
             ids.pop()
-        print(f"\n--- sample after {self.iter} iterations ---\n{tok.decode(ids)}\n---", flush=True)
+        if self.env.is_main:
+            print(f"\n--- sample after {self.iter} iterations ---\n{tok.decode(ids)}\n---", flush=True)
 
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -353,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     except torch.OutOfMemoryError:
         raise TrainingError(f"CUDA ran out of memory; use a smaller train.batch_size (now {cfg.train.batch_size}) "
                             "and more train.grad_accum_steps, or a smaller model") from None
+    except RuntimeError as exc:
+        message = collective_failure(exc, env)
+        if message is None:
+            raise
+        raise TrainingError(message) from None
     finally:
         teardown()
     return 0

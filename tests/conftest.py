@@ -7,10 +7,13 @@ test modules import fastgpt's kernels.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+from fastgpt.cli import run
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -34,3 +37,22 @@ def tiktoken_cache(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pytest.skip(f"tiktoken cache {cache} is absent")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture
+def cli_error(capsys: pytest.CaptureFixture) -> Callable[[Callable, list[str]], str]:
+    """``cli_error(main, argv)``: run ``main`` as ``fastgpt.cli.run`` would, check that it printed one
+    ``error: ...`` line (no traceback) and exited 2, and return that line."""
+
+    def check(main: Callable, argv: list[str]) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run(main, argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert stop.value.code == 2, err
+        assert "Traceback" not in err and lines[-1].startswith("error: ")
+        assert sum(line.startswith("error:") for line in lines) == 1
+        return lines[-1]
+
+    return check

@@ -250,7 +250,29 @@ def test_ranks_are_disjoint():
         seen.append({int(s) for _ in range(loader.batches_per_epoch) for s in loader.next_batch()[0][:, 0]})
     assert all(len(s) == 12 for s in seen) and not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
     a, b = (_arange_loader(5000, rank=r, world_size=2).next_batch()[0] for r in (0, 1))
-    assert not torch.equal(a, b)  # random mode: each rank has its own stream
+    assert not torch.equal(a, b)  # random mode: each rank has its own rows
+
+
+@pytest.mark.parametrize("mode", ["random", "epoch", "padded"])
+def test_ranks_split_the_global_batch(mode):
+    """The ranks' batches, stacked, are one process's batch of world_size times the rows, step by step,
+    and one rank with grad accumulation (batch 2, four times) draws the same rows in the same order."""
+    offsets = np.arange(0, 1001, 20)  # 50 documents; 31 windows of 33 tokens
+    make = lambda **kw: TokenLoader(np.arange(1000, dtype=np.uint16), 32, mode=mode, seed=3,  # noqa: E731
+                                    doc_offsets=offsets, pad_id=0, **kw)
+    whole = make(batch_size=8)
+    ranks = [make(batch_size=2, rank=r, world_size=4) for r in range(4)]
+    accum = make(batch_size=2)
+    firsts = []
+    for _ in range(13):
+        x = whole.next_batch()[0]
+        assert torch.equal(x, torch.cat([r.next_batch()[0] for r in ranks]))
+        assert torch.equal(x, torch.cat([accum.next_batch()[0] for _ in range(4)]))
+        firsts += x[:, 0].tolist()
+    per_epoch = {"epoch": list(range(0, 31 * 32, 32)), "padded": offsets[:-1].tolist()}.get(mode)
+    if per_epoch:  # epochs follow each other without a gap; each uses every window (document) once
+        n = len(per_epoch)
+        assert sorted(firsts[:n]) == sorted(firsts[n : 2 * n]) == per_epoch and firsts[:n] != firsts[n : 2 * n]
 
 
 @pytest.mark.parametrize("mode", ["random", "epoch", "padded"])
@@ -268,6 +290,14 @@ def test_resume_continues_exactly(mode):
         assert torch.equal(x, x2) and torch.equal(y, y2)
     with pytest.raises(ValueError, match="cannot resume"):
         _arange_loader(1000, mode=mode, doc_offsets=offsets, pad_id=0, seed=8).load_state_dict(state)
+    # the state is rows consumed: 2 ranks of batch 2 continue where 1 rank of batch 4 stopped
+    halves = [_arange_loader(1000, mode=mode, doc_offsets=offsets, pad_id=0, seed=7, batch_size=2, rank=r,
+                             world_size=2) for r in (0, 1)]  # fmt: skip
+    for half in halves:
+        half.load_state_dict(state)
+    assert torch.equal(torch.cat([h.next_batch()[0] for h in halves]), expected[0][0])
+    with pytest.raises(ValueError, match="batch_size \\* world_size = 8, which does not divide it"):
+        _arange_loader(1000, mode=mode, doc_offsets=offsets, pad_id=0, seed=7, batch_size=8).load_state_dict(state)
 
 
 def test_padded_mode_masks_pads_and_weights_specials():

@@ -8,23 +8,32 @@ import numpy as np
 import torch
 
 MODES = ("random", "epoch", "padded")
+RANDOM_CHUNK = 4096  # random mode draws the offsets of this many rows at a time
 
 
 class TokenLoader:
     """Batches ``(x, y, w)`` of shape (B, T) from a token stream; ``y`` is ``x`` shifted by one.
 
-    * ``random``: B windows at uniformly random offsets (nanoGPT), with replacement.
-    * ``epoch``: the stream is cut into ``(N - 1) // T`` non-overlapping windows; each epoch
-      shuffles them (the same permutation on every rank) and rank r takes every world_size-th,
-      so no window repeats within an epoch and ranks never share one. Each epoch has
-      ``batches_per_epoch`` batches; the few windows that do not fill a batch are skipped.
+    Every batch is a slice of a global one. The loader walks a stream of rows that is the same on
+    every rank and depends only on the seed: batch ``step`` is rows ``[step * B * W, (step + 1) * B * W)``
+    of it (W = world_size), and rank r takes the r-th B of them. So the rows an optimizer step trains on
+    depend only on ``batch_size * grad_accum_steps * world_size``: 2 ranks x batch 4, 1 rank x batch 8
+    and 1 rank x batch 4 x 2 accumulation steps see the same rows, and ranks never share one.
+
+    * ``random``: row j is a window at a uniformly random offset (nanoGPT), drawn from
+      ``(seed, j // RANDOM_CHUNK)``; windows may repeat.
+    * ``epoch``: the stream is cut into ``(N - 1) // T`` non-overlapping windows; epoch e is a
+      permutation of all of them drawn from ``(seed, e)``, and the epochs follow each other without a
+      gap, so every window is used once per epoch (a batch at an epoch boundary holds the last windows
+      of one epoch and the first of the next).
     * ``padded``: each row is one document (``doc_offsets``), cut or padded with ``pad_id`` to
       T + 1 tokens; targets at pads are -1 (ignored by the loss). Documents go by epochs as above.
 
     ``w`` is None unless ``special_token_weight != 1``: then it is a float32 (B, T) tensor with
     that weight where the target is one of ``special_ids``, 0 where it is -1, and 1 elsewhere.
-    Batch ``step`` depends only on ``(seed, rank, world_size, step)``, so ``state_dict`` is the
-    step counter (the same on every rank) and a resumed loader continues exactly.
+    ``state_dict`` is the number of rows consumed, the same on every rank and independent of the world
+    size, so a resumed loader continues exactly, also on another number of ranks with the same global
+    batch (or any global batch that divides the rows consumed).
     A memory-mapped ``tokens`` file is re-opened for every batch, so pages read do not pile up.
     """
 
@@ -60,33 +69,40 @@ class TokenLoader:
         self._tokens = tokens
         self._path = _whole_file(tokens)
         self.num_tokens = len(tokens)
-        self.step = 0
-        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, this rank's items in that epoch)
-        self.batches_per_epoch = self._count_batches()
+        self.step = 0  # batches drawn
+        self._block: tuple[int, np.ndarray] | None = None  # (index, rows) of the last block of rows drawn
+        self._check_size()
 
-    def _count_batches(self) -> int:
-        T, B, n = self.block_size, self.batch_size, self.num_tokens
+    @property
+    def global_batch(self) -> int:
+        """Rows per batch over all ranks: ``batch_size * world_size``."""
+        return self.batch_size * self.world_size
+
+    def _check_size(self) -> None:
+        T, n = self.block_size, self.num_tokens
         if self.mode != "padded" and n < T + 1:
             raise ValueError(f"{n} tokens are too few for block_size {T}: need at least {T + 1}")
-        if self.mode == "random":
-            return max(1, n // (B * T * self.world_size))
-        items = self._num_items()
-        if items // self.world_size < B:
+        items = self._epoch_rows()
+        if self.mode != "random" and items < self.global_batch:
             what = "documents" if self.mode == "padded" else f"windows of {T + 1} tokens"
-            raise ValueError(
-                f"mode {self.mode!r} needs batch_size * world_size = {B * self.world_size} {what}, the data has {items}"
-            )
-        return items // self.world_size // B
+            raise ValueError(f"mode {self.mode!r} needs batch_size * world_size = {self.global_batch} {what}, "
+                             f"the data has {items}")
 
-    def _num_items(self) -> int:
+    def _epoch_rows(self) -> int:
+        """Rows in one pass over the data: windows, documents, or (random) tokens // block_size."""
         if self.mode == "padded":
             return len(self.doc_offsets) - 1
         return (self.num_tokens - 1) // self.block_size
 
     @property
+    def batches_per_epoch(self) -> int:
+        """Batches in one pass over the data (at least 1)."""
+        return max(1, self._epoch_rows() // self.global_batch)
+
+    @property
     def epoch(self) -> int:
         """Completed passes over the data (in random mode: tokens drawn // tokens available)."""
-        return self.step // self.batches_per_epoch
+        return self.step * self.global_batch // max(1, self._epoch_rows())
 
     def _view(self) -> np.ndarray:
         # recreate the memmap every batch: a long-lived one keeps every page it read resident
@@ -95,28 +111,39 @@ class TokenLoader:
         return np.memmap(self._path, dtype=self._tokens.dtype, mode="r")
 
     def _items(self) -> np.ndarray:
-        """Window or document indices of batch ``step`` on this rank, shape (B,)."""
-        epoch, i = divmod(self.step, self.batches_per_epoch)
-        if self._perm is None or self._perm[0] != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self._num_items())
-            self._perm = (epoch, order[self.rank :: self.world_size])
-        return self._perm[1][i * self.batch_size : (i + 1) * self.batch_size]
+        """This rank's rows of batch ``step``: window starts or document indices, int64, shape (B,)."""
+        first = self.step * self.global_batch + self.rank * self.batch_size
+        rows = np.arange(first, first + self.batch_size)
+        size = RANDOM_CHUNK if self.mode == "random" else self._epoch_rows()
+        blocks, pos = np.divmod(rows, size)
+        items = np.empty(self.batch_size, dtype=np.int64)
+        for b in np.unique(blocks):  # one block, or two at a block (epoch) boundary
+            items[blocks == b] = self._draw_block(int(b), size)[pos[blocks == b]]
+        return items
+
+    def _draw_block(self, index: int, size: int) -> np.ndarray:
+        """Rows ``[index * size, (index + 1) * size)`` of the stream: random offsets or an epoch's order."""
+        if self._block is None or self._block[0] != index:
+            rng = np.random.default_rng([self.seed, index])
+            if self.mode == "random":
+                rows = rng.integers(0, self.num_tokens - self.block_size, size=size)
+            else:
+                rows = rng.permutation(size)
+            self._block = (index, rows)
+        return self._block[1]
 
     def _rows(self, data: np.ndarray) -> np.ndarray:
         """The batch's rows of T + 1 tokens, int64, shape (B, T + 1); pads marked -1."""
         T, B = self.block_size, self.batch_size
-        if self.mode == "random":
-            rng = np.random.default_rng([self.seed, self.rank, self.step])
-            starts = rng.integers(0, self.num_tokens - T, size=B)
-        elif self.mode == "epoch":
-            starts = self._items() * T
-        else:
+        items = self._items()
+        if self.mode == "padded":
             rows = np.full((B, T + 1), -1, dtype=np.int64)
-            for row, d in zip(rows, self._items(), strict=True):
+            for row, d in zip(rows, items, strict=True):
                 start = self.doc_offsets[d]
                 length = min(self.doc_offsets[d + 1] - start, T + 1)
                 row[:length] = data[start : start + length]
             return rows
+        starts = items if self.mode == "random" else items * T
         return data[starts[:, None] + np.arange(T + 1)].astype(np.int64)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -139,16 +166,20 @@ class TokenLoader:
         return t.pin_memory().to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict:
-        """The loader's position; identical on every rank."""
-        return {"mode": self.mode, "world_size": self.world_size, "seed": self.seed, "step": self.step}
+        """The loader's position in rows consumed; identical on every rank, whatever the world size."""
+        return {"mode": self.mode, "seed": self.seed, "rows": self.step * self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state_dict()``; mode, world size and seed must match."""
-        mine = {k: v for k, v in self.state_dict().items() if k != "step"}
+        """Continue from ``state_dict()``; mode and seed must match, the global batch must divide the rows."""
+        mine = {"mode": self.mode, "seed": self.seed}
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
             raise ValueError(f"cannot resume a loader saved with {theirs} in one with {mine}")
-        self.step = int(state["step"])
+        rows = int(state["rows"])
+        if rows % self.global_batch:
+            raise ValueError(f"cannot resume a loader at row {rows} with batch_size * world_size = "
+                             f"{self.global_batch}, which does not divide it")
+        self.step = rows // self.global_batch
 
 
 def _whole_file(tokens: np.ndarray) -> str | None:

@@ -111,10 +111,16 @@ def _read_records(path: Path) -> tuple[list[dict], list[str]]:
         csv.field_size_limit(sys.maxsize)  # long documents exceed the default 128 KiB
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            records = list(reader)
-        return records, list(reader.fieldnames or [])
+            try:
+                records, columns = list(reader), list(reader.fieldnames or [])
+            except csv.Error as exc:
+                raise ValueError(f"{path} is not valid CSV: {exc}") from None
+        return records, columns
     with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()] if suffix == ".jsonl" else json.load(f)
+        if suffix == ".jsonl":
+            records = [_parse_json(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
+        else:
+            records = _parse_json(f.read(), path)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError(
             f"{path}: expected {'one JSON object per line' if suffix == '.jsonl' else 'a list of objects'}"
@@ -123,8 +129,24 @@ def _read_records(path: Path) -> tuple[list[dict], list[str]]:
     return records, columns
 
 
+def _parse_json(text: str, path: Path, line: int | None = None) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {line}" if line else f"line {exc.lineno} column {exc.colno}"
+        raise ValueError(f"{path}: {where} is not valid JSON ({exc.msg})") from None
+
+
 def file_documents(path: Path, text_column: str) -> list[str]:
     """The documents of one local file (see the module docstring)."""
+    try:
+        return _file_documents(path, text_column)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start]
+        raise ValueError(f"{path} is not UTF-8 text (byte {bad:#04x} at offset {exc.start})") from None
+
+
+def _file_documents(path: Path, text_column: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         text = path.read_text(encoding="utf-8")
