@@ -1,7 +1,7 @@
 """Public functional API of fastgpt's ops.
 
 Each op takes ``backend="auto" | "torch" | "triton" | "cuda"``. ``torch`` runs the reference in
-:mod:`fastgpt.ops.reference`; ``triton`` and ``cuda`` run our kernels. ``auto`` takes the best
+:mod:`fastgpt.ops.reference` (attention through its SDPA form, ``sdpa_attention``); ``triton`` and ``cuda`` run our kernels. ``auto`` takes the best
 backend available for the tensors' device whose kernel supports the inputs, falling back to the
 reference otherwise.
 """
@@ -62,6 +62,8 @@ def flash_attention(
     """
     _check_attention(q, k, v)
     impl = resolve_backend(backend, "flash_attention", q.device, q, k, v)
+    if impl is reference:
+        return reference.sdpa_attention(q, k, v, causal, scale)
     return impl.flash_attention(q, k, v, causal, scale)
 
 
