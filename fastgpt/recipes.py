@@ -11,7 +11,7 @@ import torch
 CPU = {
     "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0, "bias": False},
     "data": {"dataset": "shakespeare", "tokenizer": "char"},
-    "train": {"out_dir": "out/shakespeare", "batch_size": 16, "max_iters": 1500, "eval_interval": 250,
+    "train": {"out_dir": "out/shakespeare", "batch_size": 16, "max_iters": 2000, "eval_interval": 250,
               "eval_iters": 10, "log_interval": 10},
     "optim": {"lr": 2e-3, "min_lr": 2e-4, "warmup_iters": 50, "beta2": 0.99, "weight_decay": 0.1},
 }

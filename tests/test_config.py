@@ -93,3 +93,12 @@ def test_preset_yamls_mirror_presets() -> None:
     for name, fields in PRESETS.items():
         path = Path(__file__).parents[1] / "configs" / "presets" / f"{name}.yaml"
         assert yaml.safe_load(path.read_text()) == {"model": fields}, name
+
+
+def test_default_recipes_mirror_their_yaml() -> None:
+    from fastgpt import recipes
+    from fastgpt.config import build_config
+
+    root = Path(__file__).parents[1] / "configs"
+    assert load_config(root / "shakespeare-cpu.yaml") == build_config(recipes.CPU)
+    assert load_config(root / "shakespeare-gpu.yaml") == build_config(recipes.GPU)
