@@ -27,6 +27,10 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def reset(self) -> None:
+        """Forget the events of an earlier run in the same folder."""
+        self.path.unlink(missing_ok=True)
+
     def truncate_after(self, iteration: int) -> None:
         """Drop events logged after ``iteration`` (a resumed run logs them again)."""
         kept = [e for e in self.events() if e.get("iter", 0) <= iteration]

@@ -97,8 +97,11 @@ class Trainer:
         self.saved_iter: int | None = None
         self.metrics = MetricsLog(self.out_dir, self._wandb()) if env.is_main else None
         self.benchmarks = self._load_benchmarks()
+        self.resumed = resume
         if resume:
             self._resume()
+        elif self.metrics is not None:
+            self.metrics.reset()  # a fresh run into an old out_dir starts a new log and plot
         self.runner = self._wrap(self.model)
         self.stop_signal: int | None = None  # set by the signal handler on this rank
         self.stopping = False  # some rank got a signal: every rank saves and exits after this step
@@ -221,6 +224,8 @@ class Trainer:
         """Checkpoint this iteration (once); every rank takes part, and all fail together."""
         if self.saved_iter == self.iter:
             return
+        # a fresh run's first checkpoint is its best so far, whatever an earlier run in out_dir left
+        best = best or (self.saved_iter is None and not self.resumed)
         state, error = self._state(), None
         staged = ckpt.staging_dir(self.out_dir, self.iter) if self.sharded else None
         if staged is not None:  # every rank writes its shards into one staging folder

@@ -1,9 +1,9 @@
 """Public functional API of fastgpt's ops.
 
 Each op takes ``backend="auto" | "torch" | "triton" | "cuda"``. ``torch`` runs the reference in
-:mod:`fastgpt.ops.reference` (attention through its SDPA form, ``sdpa_attention``); ``triton`` and ``cuda`` run our kernels. ``auto`` takes the best
-backend available for the tensors' device whose kernel supports the inputs, falling back to the
-reference otherwise.
+:mod:`fastgpt.ops.reference` (attention through its SDPA form, ``sdpa_attention``); ``triton``
+and ``cuda`` run our kernels. ``auto`` takes the best backend available for the tensors' device
+whose kernel supports the inputs, falling back to the reference otherwise.
 """
 
 from __future__ import annotations
