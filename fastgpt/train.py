@@ -498,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             pathlib.Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
             trainer.cfg.save(pathlib.Path(cfg.train.out_dir) / "config.yaml")
         trainer.run()
+        env.barrier()  # leave the process group together: a rank tearing down gloo early can abort the other
     except torch.OutOfMemoryError:
         raise TrainingError(f"CUDA ran out of memory; use a smaller train.batch_size (now {cfg.train.batch_size}) "
                             "and more train.grad_accum_steps, or a smaller model") from None
