@@ -1,15 +1,19 @@
-"""Quality bar: nanoGPT's CPU "baby Shakespeare" run, trained by fastgpt, timed and scored.
+"""Quality bar: nanoGPT's CPU "baby Shakespeare" run, trained by fastgpt and by nanoGPT, several seeds.
 
     python benchmarks/shakespeare_char.py [--data ../shared/data/tinyshakespeare.txt]
-        [--baseline baseline.json] [--out benchmarks/results] [--max_iters 2000]
+        [--seeds 1 2 3 4 5] [--no-baseline] [--max_iters 2000] [--out benchmarks/results]
 
-Trains ``configs/baby-shakespeare.yaml`` (char tokenizer, 4 x 4 x 128, context 64, batch 12,
-lr 1e-3 -> 1e-4 cosine, 2000 iterations, fp32) on tinyshakespeare and writes
-``shakespeare_char_cpu.json``: the validation loss of the last eval (20 random batches, as
-nanoGPT reports it) and over the whole validation split (each token predicted once, with
-``fastgpt.eval``), the process's wall time and the time per training step, next to a nanoGPT run
-on the same machine when ``--baseline`` gives that run's JSON
-(``{"process_wall_s", "train_step_s", "iters", "full_val_loss", "evals": [{"iter", "val"}, ...]}``).
+For each seed, trains ``configs/baby-shakespeare.yaml`` (char tokenizer, 4 x 4 x 128, context 64,
+batch 12, lr 1e-3 -> 1e-4 cosine, 2000 iterations, fp32) with ``python -m fastgpt.train``, then
+the same run with ``benchmarks/nanogpt_baseline.py`` (nanoGPT's model and loop, nothing from
+fastgpt), one process after the other so that both see the same machine. Each run reports the
+validation loss of its last eval (20 random batches, as nanoGPT prints it) and over the whole
+validation split (each token predicted once), the median time of a training step (over 10-step
+intervals) and the process's wall time (start-up, data, evals and, for fastgpt, checkpoints
+included; the whole-split eval excluded). Seed-to-seed spread is about 0.01 in loss, so the
+summary compares means over seeds.
+Writes ``shakespeare_char_cpu.json`` (every run, the means and standard deviations, the ratios)
+and ``shakespeare_char_cpu.png`` (validation loss against iteration, every run).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import fastgpt
 from fastgpt.eval import evaluate_loss
 
 ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("final_val_loss", "full_val_loss", "median_step_ms", "process_wall_s")
 
 
 def _commit() -> str:
@@ -40,62 +45,137 @@ def _commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def run_fastgpt(data: Path, max_iters: int) -> dict:
+def _run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(args[:3])} ... failed:\n{proc.stderr[-2000:]}")
+    return proc, wall
+
+
+def run_fastgpt(data: Path, seed: int, max_iters: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "fastgpt.train", "--config", str(ROOT / "configs" / "baby-shakespeare.yaml"),
-                f"data.dataset={data}", f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out",
-                f"train.max_iters={max_iters}", f"optim.lr_decay_iters={max_iters}",
-                "train.sample_tokens=0"]  # nanoGPT's train.py samples nothing either
-        start = time.perf_counter()
-        proc = subprocess.run(args, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"training failed:\n{proc.stderr[-2000:]}")
+        config = ROOT / "configs" / "baby-shakespeare.yaml"
+        _, wall = _run([sys.executable, "-m", "fastgpt.train", "--config", str(config), f"data.dataset={data}",
+                        f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out", f"train.seed={seed}",
+                        f"train.max_iters={max_iters}", f"optim.lr_decay_iters={max_iters}",
+                        "train.sample_tokens=0"])  # nanoGPT's train.py samples nothing either
         events = [json.loads(line) for line in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
         model, tokenizer = fastgpt.load(Path(tmp) / "out", which="latest")
-        tokens = np.array(tokenizer.encode(data.read_text()[int(0.9 * len(data.read_text())):]))
-        full_val = evaluate_loss(model, tokens, batch_size=64)["loss"]
+        text = data.read_text()
+        full_val = evaluate_loss(model, np.array(tokenizer.encode(text[int(0.9 * len(text)) :])), batch_size=64)
     evals = [{"iter": e["iter"], "train": e["train_loss"], "val": e["val_loss"]} for e in events if "val_loss" in e]
-    speeds = [e["tokens_per_s"] for e in events if "tokens_per_s" in e]
     tokens_per_step = 12 * 64  # batch_size x block_size of configs/baby-shakespeare.yaml
-    return {"process_wall_s": wall, "evals": evals, "final_val_loss": evals[-1]["val"], "full_val_loss": full_val,
-            "median_step_ms": 1e3 * tokens_per_step / statistics.median(speeds),
-            "sample": proc.stdout.strip()[-400:]}
+    speeds = [e["tokens_per_s"] for e in events if "tokens_per_s" in e]
+    return {"seed": seed, "evals": evals, "final_val_loss": evals[-1]["val"], "full_val_loss": full_val["loss"],
+            "median_step_ms": 1e3 * tokens_per_step / statistics.median(speeds), "process_wall_s": wall}
+
+
+def run_nanogpt(data: Path, seed: int, max_iters: int) -> dict:
+    proc, wall = _run([sys.executable, str(ROOT / "benchmarks" / "nanogpt_baseline.py"), str(data),
+                       f"--seed={seed}", f"--max_iters={max_iters}"])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "seed": seed,
+        "evals": out["evals"],
+        "final_val_loss": out["evals"][-1]["val"],
+        "full_val_loss": out["full_val_loss"],
+        "median_step_ms": out["median_step_ms"],
+        "process_wall_s": wall - out["full_val_eval_s"],
+    }  # fastgpt's whole-split eval runs outside its process
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and (for two or more runs) standard deviation of each metric over the runs."""
+    out = {}
+    for key in METRICS:
+        values = [r[key] for r in runs]
+        out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.add_subplot()
+    for name, color in (("fastgpt", "tab:blue"), ("nanogpt", "tab:orange")):
+        for i, run in enumerate(result.get(name, {}).get("runs", [])):
+            evals = [e for e in run["evals"] if e["iter"] > 0]
+            ax.plot(
+                [e["iter"] for e in evals],
+                [e["val"] for e in evals],
+                "o-",
+                color=color,
+                alpha=0.6,
+                markersize=3,
+                label=name if i == 0 else None,
+            )
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation loss (20 batches)")
+    ax.set_title("baby Shakespeare on CPU, one line per seed", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)
+    fig.savefig(path)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
-    p.add_argument("--baseline", type=Path, help="JSON of a nanoGPT run with the same settings on this machine")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--no-baseline", action="store_true", help="train fastgpt only")
     p.add_argument("--max_iters", type=int, default=2000)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     if not args.data.is_file():
         sys.exit(f"error: {args.data} does not exist (pass --data PATH/tinyshakespeare.txt)")
-    ours = run_fastgpt(args.data.resolve(), args.max_iters)
+    data = args.data.resolve()
+    names = ("fastgpt",) if args.no_baseline else ("fastgpt", "nanogpt")
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in args.seeds:
+        for name in names:
+            run = (run_fastgpt if name == "fastgpt" else run_nanogpt)(data, seed, args.max_iters)
+            runs[name].append(run)
+            print(
+                f"{name:8s} seed {seed}: val loss {run['final_val_loss']:.4f} (20 batches), "
+                f"{run['full_val_loss']:.4f} (whole split); {run['median_step_ms']:.1f} ms/step, "
+                f"wall {run['process_wall_s']:.1f} s",
+                flush=True,
+            )
     result = {
-        "benchmark": "nanoGPT baby Shakespeare (char, 4x4x128, T=64, B=12, 2000 iters, fp32, CPU)",
+        "benchmark": f"nanoGPT baby Shakespeare (char, 4x4x128, T=64, B=12, {args.max_iters} iters, fp32, CPU)",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "commit": _commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fastgpt": ours,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "commit": _commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": args.seeds,
     }
-    print(f"fastgpt: val loss {ours['final_val_loss']:.4f} (20 batches), {ours['full_val_loss']:.4f} (whole split); "
-          f"wall {ours['process_wall_s']:.1f} s, {ours['median_step_ms']:.1f} ms/step")
-    if args.baseline:
-        base = json.loads(args.baseline.read_text())
-        base["final_val_loss"] = base["evals"][-1]["val"]
-        base["median_step_ms"] = 1e3 * base["train_step_s"] / base["iters"]
-        result["nanogpt"] = base
-        result["speed_vs_nanogpt"] = {
-            "wall": base["process_wall_s"] / ours["process_wall_s"],
-            "step": base["median_step_ms"] / ours["median_step_ms"],
+    for name in names:
+        result[name] = {"summary": summarize(runs[name]), "runs": runs[name]}
+    print(f"\nmean over seeds {args.seeds} (std):")
+    for name in names:
+        s = result[name]["summary"]
+        print(f"{name:8s} " + ", ".join(f"{k} {s[k]['mean']:.4g} ({s[k]['std'] or 0:.2g})" for k in METRICS))
+    if "nanogpt" in runs:
+        ours, base = result["fastgpt"]["summary"], result["nanogpt"]["summary"]
+        result["fastgpt_vs_nanogpt"] = {
+            "full_val_loss_diff": ours["full_val_loss"]["mean"] - base["full_val_loss"]["mean"],
+            "final_val_loss_diff": ours["final_val_loss"]["mean"] - base["final_val_loss"]["mean"],
+            "speed_per_step": base["median_step_ms"]["mean"] / ours["median_step_ms"]["mean"],
+            "speed_wall": base["process_wall_s"]["mean"] / ours["process_wall_s"]["mean"],
         }
-        print(f"nanoGPT: val loss {base['final_val_loss']:.4f} (20 batches), {base['full_val_loss']:.4f} (whole "
-              f"split); wall {base['process_wall_s']:.1f} s, {base['median_step_ms']:.1f} ms/step "
-              f"-> fastgpt speed / nanoGPT's: {result['speed_vs_nanogpt']['wall']:.2f} (wall), "
-              f"{result['speed_vs_nanogpt']['step']:.2f} (per step)")
+        print(
+            "fastgpt vs nanoGPT: "
+            + ", ".join(
+                f"{k} {v:+.4f}" if "diff" in k else f"{k} {v:.3f}x" for k, v in result["fastgpt_vs_nanogpt"].items()
+            )
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "shakespeare_char_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "shakespeare_char_cpu.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""The baseline of the quality bar: nanoGPT's "baby Shakespeare" CPU run, rebuilt for measurement.
+
+    python benchmarks/nanogpt_baseline.py PATH/tinyshakespeare.txt [--seed 1337] [--max_iters 2000]
+
+Reimplements what nanoGPT's ``train.py`` + ``model.py`` do with ``config/train_shakespeare_char.py``
+and the README's CPU overrides (``--device=cpu --compile=False --eval_iters=20 --block_size=64
+--batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
+--dropout=0.0``): characters of the whole text as the vocabulary, the first 90% to train on,
+pre-LayerNorm blocks without biases, a GELU MLP, SDPA, tied embeddings, N(0, 0.02) init with
+residual projections scaled by 1/sqrt(2 * n_layer), AdamW (decay 0.1 on matrices, betas 0.9/0.99,
+torch's default implementation), 100 warmup steps then cosine 1e-3 -> 1e-4, clipping at 1.0, and
+an eval of 20 random batches per split every 250 steps. It uses nothing from fastgpt, so the two
+share only the machine. Prints one JSON line: the evals, the loss over the whole validation split
+(each token after the first predicted once) and the time that took, and the median time of a
+training step (over 10-step intervals, as fastgpt's log measures it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH = 4, 4, 128, 64, 12
+LR, MIN_LR, WARMUP, EVAL_INTERVAL, EVAL_ITERS, LOG_INTERVAL = 1e-3, 1e-4, 100, 250, 20, 10
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(N_EMBD, bias=False)
+        self.qkv = nn.Linear(N_EMBD, 3 * N_EMBD, bias=False)
+        self.attn_out = nn.Linear(N_EMBD, N_EMBD, bias=False)
+        self.ln_2 = nn.LayerNorm(N_EMBD, bias=False)
+        self.fc = nn.Linear(N_EMBD, 4 * N_EMBD, bias=False)
+        self.mlp_out = nn.Linear(4 * N_EMBD, N_EMBD, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        heads = [t.view(B, T, N_HEAD, C // N_HEAD).transpose(1, 2) for t in self.qkv(self.ln_1(x)).split(C, dim=2)]
+        y = F.scaled_dot_product_attention(*heads, is_causal=True)
+        x = x + self.attn_out(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp_out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class Model(nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, N_EMBD)
+        self.pos = nn.Embedding(BLOCK, N_EMBD)
+        self.blocks = nn.ModuleList(Block() for _ in range(N_LAYER))
+        self.ln_f = nn.LayerNorm(N_EMBD, bias=False)
+        self.head = nn.Linear(N_EMBD, vocab, bias=False)
+        self.tok.weight = self.head.weight
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * N_LAYER) if name.endswith(("attn_out.weight", "mlp_out.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def lr_at(it: int, max_iters: int) -> float:
+    if it < WARMUP:
+        return LR * (it + 1) / (WARMUP + 1)
+    progress = (it - WARMUP) / (max_iters - WARMUP)
+    return MIN_LR + 0.5 * (1 + math.cos(math.pi * progress)) * (LR - MIN_LR)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--max_iters", type=int, default=2000)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    text = open(args.data).read()
+    index = {c: i for i, c in enumerate(sorted(set(text)))}
+    data = np.array([index[c] for c in text], dtype=np.int64)
+    splits = {"train": data[: int(0.9 * len(data))], "val": data[int(0.9 * len(data)) :]}
+
+    def batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        d = splits[split]
+        starts = torch.randint(len(d) - BLOCK, (BATCH,)).numpy()
+        rows = torch.from_numpy(d[starts[:, None] + np.arange(BLOCK + 1)])
+        return rows[:, :-1], rows[:, 1:]
+
+    model = Model(len(index))
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [q for q in params if q.dim() >= 2], "weight_decay": 0.1},
+            {"params": [q for q in params if q.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=LR,
+        betas=(0.9, 0.99),
+    )
+    evals, interval_s = [], []
+    last = time.perf_counter()
+    for it in range(args.max_iters + 1):
+        if it % EVAL_INTERVAL == 0 or it == args.max_iters:
+            model.eval()
+            with torch.no_grad():
+                evals.append(
+                    {
+                        "iter": it,
+                        **{
+                            s: float(np.mean([model(*batch(s)).item() for _ in range(EVAL_ITERS)]))
+                            for s in ("train", "val")
+                        },
+                    }
+                )
+            model.train()
+        if it == args.max_iters:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(it, args.max_iters)
+        loss = model(*batch("train"))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (it + 1) % LOG_INTERVAL == 0:
+            loss.item()
+            now = time.perf_counter()
+            interval_s.append(now - last)
+            last = now
+    model.eval()
+    eval_start = time.perf_counter()
+    val = torch.from_numpy(splits["val"])
+    n = (len(val) - 1) // BLOCK * BLOCK
+    with torch.no_grad():  # consecutive windows (the last one shorter): every token after the first once
+        xs, ys = val[:n].view(-1, BLOCK), val[1 : n + 1].view(-1, BLOCK)
+        total = sum(model(x, y).item() * x.numel() for x, y in zip(xs.split(64), ys.split(64)))
+        if n < len(val) - 1:
+            total += model(val[n:-1][None], val[n + 1 :][None]).item() * (len(val) - 1 - n)
+    print(
+        json.dumps(
+            {
+                "evals": evals,
+                "full_val_loss": total / (len(val) - 1),
+                "full_val_eval_s": time.perf_counter() - eval_start,
+                "median_step_ms": 1e3 * float(np.median(interval_s)) / LOG_INTERVAL,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "seed": args.seed,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
