@@ -9,7 +9,9 @@ and the README's CPU overrides (``--device=cpu --compile=False --eval_iters=20 -
 pre-LayerNorm blocks without biases, a GELU MLP, SDPA, tied embeddings, N(0, 0.02) init with
 residual projections scaled by 1/sqrt(2 * n_layer), AdamW (decay 0.1 on matrices, betas 0.9/0.99,
 torch's default implementation), 100 warmup steps then cosine 1e-3 -> 1e-4, clipping at 1.0, and
-an eval of 20 random batches per split every 250 steps. It uses nothing from fastgpt, so the two
+an eval of 20 random batches per split every 250 steps, after which the model and the optimizer
+are saved when the validation loss improved. Its batches come from an in-memory array (nanoGPT
+re-opens a memory map for every batch, which is slower). It uses nothing from fastgpt, so the two
 share only the machine. Prints one JSON line: the evals, the loss over the whole validation split
 (each token after the first predicted once) and the time that took, and the median time of a
 training step (over 10-step intervals, as fastgpt's log measures it).
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -78,86 +82,91 @@ def lr_at(it: int, max_iters: int) -> float:
     return MIN_LR + 0.5 * (1 + math.cos(math.pi * progress)) * (LR - MIN_LR)
 
 
+class Run:
+    """The data, model and optimizer of one run; ``step`` is one training iteration."""
+
+    def __init__(self, path: str, seed: int, max_iters: int) -> None:
+        torch.manual_seed(seed)
+        self.max_iters = max_iters
+        text = open(path).read()
+        index = {c: i for i, c in enumerate(sorted(set(text)))}
+        data = np.array([index[c] for c in text], dtype=np.int64)
+        self.splits = {"train": data[: int(0.9 * len(data))], "val": data[int(0.9 * len(data)) :]}
+        self.model = Model(len(index))
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(
+            [{"params": [q for q in self.params if q.dim() >= 2], "weight_decay": 0.1},
+             {"params": [q for q in self.params if q.dim() < 2], "weight_decay": 0.0}],
+            lr=LR, betas=(0.9, 0.99))
+
+    def batch(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.splits[split]
+        starts = torch.randint(len(d) - BLOCK, (BATCH,)).numpy()
+        rows = torch.from_numpy(d[starts[:, None] + np.arange(BLOCK + 1)])
+        return rows[:, :-1], rows[:, 1:]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        out = {s: float(np.mean([self.model(*self.batch(s)).item() for _ in range(EVAL_ITERS)]))
+               for s in ("train", "val")}
+        self.model.train()
+        return out
+
+    def step(self, it: int) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(it, self.max_iters)
+        loss = self.model(*self.batch("train"))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    @torch.no_grad()
+    def full_val_loss(self) -> float:
+        """Consecutive windows (the last one shorter): every validation token after the first once."""
+        self.model.eval()
+        val = torch.from_numpy(self.splits["val"])
+        n = (len(val) - 1) // BLOCK * BLOCK
+        xs, ys = val[:n].view(-1, BLOCK), val[1 : n + 1].view(-1, BLOCK)
+        total = sum(self.model(x, y).item() * x.numel() for x, y in zip(xs.split(64), ys.split(64)))
+        if n < len(val) - 1:
+            total += self.model(val[n:-1][None], val[n + 1 :][None]).item() * (len(val) - 1 - n)
+        return total / (len(val) - 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--max_iters", type=int, default=2000)
     args = p.parse_args()
-    torch.manual_seed(args.seed)
-    text = open(args.data).read()
-    index = {c: i for i, c in enumerate(sorted(set(text)))}
-    data = np.array([index[c] for c in text], dtype=np.int64)
-    splits = {"train": data[: int(0.9 * len(data))], "val": data[int(0.9 * len(data)) :]}
-
-    def batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        d = splits[split]
-        starts = torch.randint(len(d) - BLOCK, (BATCH,)).numpy()
-        rows = torch.from_numpy(d[starts[:, None] + np.arange(BLOCK + 1)])
-        return rows[:, :-1], rows[:, 1:]
-
-    model = Model(len(index))
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [q for q in params if q.dim() >= 2], "weight_decay": 0.1},
-            {"params": [q for q in params if q.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=LR,
-        betas=(0.9, 0.99),
-    )
-    evals, interval_s = [], []
+    run = Run(args.data, args.seed, args.max_iters)
+    evals, interval_s, best = [], [], math.inf
     last = time.perf_counter()
     for it in range(args.max_iters + 1):
         if it % EVAL_INTERVAL == 0 or it == args.max_iters:
-            model.eval()
-            with torch.no_grad():
-                evals.append(
-                    {
-                        "iter": it,
-                        **{
-                            s: float(np.mean([model(*batch(s)).item() for _ in range(EVAL_ITERS)]))
-                            for s in ("train", "val")
-                        },
-                    }
-                )
-            model.train()
+            evals.append({"iter": it, **run.evaluate()})
+            if it > 0 and evals[-1]["val"] < best:  # nanoGPT saves model and optimizer when val improves
+                best = evals[-1]["val"]
+                with tempfile.TemporaryDirectory() as out:
+                    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                "iter_num": it, "best_val_loss": best}, os.path.join(out, "ckpt.pt"))
         if it == args.max_iters:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, args.max_iters)
-        loss = model(*batch("train"))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = run.step(it)
         if (it + 1) % LOG_INTERVAL == 0:
             loss.item()
             now = time.perf_counter()
             interval_s.append(now - last)
             last = now
-    model.eval()
     eval_start = time.perf_counter()
-    val = torch.from_numpy(splits["val"])
-    n = (len(val) - 1) // BLOCK * BLOCK
-    with torch.no_grad():  # consecutive windows (the last one shorter): every token after the first once
-        xs, ys = val[:n].view(-1, BLOCK), val[1 : n + 1].view(-1, BLOCK)
-        total = sum(model(x, y).item() * x.numel() for x, y in zip(xs.split(64), ys.split(64)))
-        if n < len(val) - 1:
-            total += model(val[n:-1][None], val[n + 1 :][None]).item() * (len(val) - 1 - n)
-    print(
-        json.dumps(
-            {
-                "evals": evals,
-                "full_val_loss": total / (len(val) - 1),
-                "full_val_eval_s": time.perf_counter() - eval_start,
-                "median_step_ms": 1e3 * float(np.median(interval_s)) / LOG_INTERVAL,
-                "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "seed": args.seed,
-            }
-        )
-    )
+    full_val_loss = run.full_val_loss()
+    eval_s = time.perf_counter() - eval_start
+    print(json.dumps({"evals": evals, "full_val_loss": full_val_loss, "full_val_eval_s": eval_s,
+                      "median_step_ms": 1e3 * float(np.median(interval_s)) / LOG_INTERVAL,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "seed": args.seed}))
 
 
 if __name__ == "__main__":

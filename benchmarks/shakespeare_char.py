@@ -11,7 +11,8 @@ validation loss of its last eval (20 random batches, as nanoGPT prints it) and o
 validation split (each token predicted once), the median time of a training step (over 10-step
 intervals) and the process's wall time (start-up, data, evals and, for fastgpt, checkpoints
 included; the whole-split eval excluded). Seed-to-seed spread is about 0.01 in loss, so the
-summary compares means over seeds.
+summary compares means over seeds; whole runs drift by +-10% in speed from one process to the
+next here, so both steps are also timed alternately in one process (``--ab-steps``).
 Writes ``shakespeare_char_cpu.json`` (every run, the means and standard deviations, the ratios)
 and ``shakespeare_char_cpu.png`` (validation loss against iteration, every run).
 """
@@ -86,6 +87,47 @@ def run_nanogpt(data: Path, seed: int, max_iters: int) -> dict:
     }  # fastgpt's whole-split eval runs outside its process
 
 
+def interleaved_steps(data: Path, steps: int) -> dict:
+    """Median time of one training step of each, alternating step by step in this process.
+
+    Whole runs drift by +-10% from one process to the next on a shared machine; alternating steps
+    puts both under the same drift. fastgpt's step is ``Trainer.train_step`` and the scheduler step
+    (what ``Trainer.run`` does per iteration, logging aside), nanoGPT's its loop body.
+    """
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import nanogpt_baseline
+
+    from fastgpt.distributed import setup, teardown
+    from fastgpt.train import Trainer, resolve_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = resolve_config(str(ROOT / "configs" / "baby-shakespeare.yaml"),
+                             [f"data.dataset={data}", f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out"])
+        trainer = Trainer(cfg, setup("cpu"))
+        base = nanogpt_baseline.Run(str(data), seed=cfg.train.seed, max_iters=cfg.train.max_iters)
+
+        def ours(it: int) -> None:
+            trainer.train_step()
+            trainer.iter += 1
+            trainer.scheduler.step()
+
+        def theirs(it: int) -> None:
+            base.step(it).item()
+
+        times: dict[str, list[float]] = {"fastgpt": [], "nanogpt": []}
+        for it in range(steps):
+            pair = [("fastgpt", ours), ("nanogpt", theirs)]
+            for name, fn in pair if it % 2 else pair[::-1]:
+                start = time.perf_counter()
+                fn(it)
+                times[name].append(time.perf_counter() - start)
+        teardown()
+    warm = steps // 10
+    ms = {name: 1e3 * statistics.median(t[warm:]) for name, t in times.items()}
+    return {"steps": steps, "fastgpt_step_ms": ms["fastgpt"], "nanogpt_step_ms": ms["nanogpt"],
+            "speed": ms["nanogpt"] / ms["fastgpt"]}
+
+
 def summarize(runs: list[dict]) -> dict:
     """Mean and (for two or more runs) standard deviation of each metric over the runs."""
     out = {}
@@ -127,6 +169,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--no-baseline", action="store_true", help="train fastgpt only")
     p.add_argument("--max_iters", type=int, default=2000)
+    p.add_argument("--ab-steps", type=int, default=400, help="steps of each in the interleaved timing (0: none)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     if not args.data.is_file():
@@ -167,6 +210,12 @@ def main() -> None:
             "speed_per_step": base["median_step_ms"]["mean"] / ours["median_step_ms"]["mean"],
             "speed_wall": base["process_wall_s"]["mean"] / ours["process_wall_s"]["mean"],
         }
+        if args.ab_steps:
+            ab = interleaved_steps(data, args.ab_steps)
+            result["interleaved_steps"] = ab
+            result["fastgpt_vs_nanogpt"]["speed_per_step_interleaved"] = ab["speed"]
+            print(f"interleaved in one process, {ab['steps']} steps each: fastgpt {ab['fastgpt_step_ms']:.2f} ms, "
+                  f"nanoGPT {ab['nanogpt_step_ms']:.2f} ms per step")
         print(
             "fastgpt vs nanoGPT: "
             + ", ".join(

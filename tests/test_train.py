@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fastgpt
 from fastgpt import train as train_mod
 from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.generate import generate
+from fastgpt.optim import FusedAdamW
 
 TINY = [
     "model.n_layer=2",
@@ -145,3 +147,17 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path: Path, corpus: Path) -
         timeout=300,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name,expected", [("adamw", "torch fused"), ("fused_adamw", "FusedAdamW")])
+def test_optimizer_choice_on_cpu(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                 expected: str) -> None:
+    # without our kernels, optim.name=adamw takes torch's fused step (CPU and CUDA both have one)
+    seen = {}
+    monkeypatch.setattr(train_mod.Trainer, "run", lambda self: seen.update(opt=self.optimizer))
+    train_mod.main(_args(tmp_path, corpus, "train.max_iters=1", f"optim.name={name}"))
+    opt = seen["opt"]
+    if expected == "FusedAdamW":
+        assert type(opt) is FusedAdamW
+    else:
+        assert type(opt) is torch.optim.AdamW and all(g["fused"] for g in opt.param_groups)
