@@ -193,3 +193,26 @@ def test_bf16_autocast_matches_fp32(norm: str) -> None:
         _, loss = model(idx, idx)
     loss.backward()
     assert abs(loss.item() - ref.item()) < 0.05
+
+
+LLAMA_LIKE = {"norm": "rms_norm", "pos_encoding": "rope", "n_kv_head": 2, "ffn_type": "swiglu"}
+
+
+@pytest.mark.parametrize("opts", [{}, LLAMA_LIKE])
+def test_compiled_model_has_no_graph_breaks_and_matches_eager(opts: dict) -> None:
+    """torch.compile(fullgraph=True) traces the model, the op dispatcher included, in one graph.
+
+    ``aot_eager`` runs the traced forward and backward graphs without code generation, so this
+    stays quick on CPU; the Triton/CUDA ops under compile are GPU tests (tests/ops/).
+    """
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, **opts))
+    idx, targets = torch.randint(0, 61, (2, 13)), torch.randint(0, 61, (2, 13))
+    results = []
+    for fn in (model, torch.compile(model, fullgraph=True, backend="aot_eager")):
+        logits, loss = fn(idx, targets)
+        loss.backward()
+        results.append((logits.detach(), *(p.grad.clone() for p in model.parameters())))
+        model.zero_grad(set_to_none=True)
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
