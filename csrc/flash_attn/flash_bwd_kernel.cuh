@@ -126,11 +126,8 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
 
   float dk_acc[D / 8][4];
   float dv_acc[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    dk_acc[i][0] = dk_acc[i][1] = dk_acc[i][2] = dk_acc[i][3] = 0.f;
-    dv_acc[i][0] = dv_acc[i][1] = dv_acc[i][2] = dv_acc[i][3] = 0.f;
-  }
+  zero_acc(dk_acc);
+  zero_acc(dv_acc);
   const int key0 = n0 + warp * 16 + g;  // absolute keys key0 and key0 + 8 (accumulator rows)
 
   for (int it = 0; it < steps; ++it) {
@@ -147,21 +144,9 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
 
     // S^T = K Q^T: the warp's 16 keys x BM queries
     float st[BM / 8][4];
-#pragma unroll
-    for (int i = 0; i < BM / 8; ++i) st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.f;
-    // unrolled by 2 only: full unrolling hoists every fragment load and spills at D = 128
-#pragma unroll 2
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ka[4];
-      load_a_frag<D>(ka, sK, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < BM / 16; ++np) {
-        uint32_t qb[4];
-        load_b_frag_nk<D>(qb, sQs, np * 16, kk * 16, lane);
-        mma_16816<T>(st[2 * np], ka, qb[0], qb[1]);
-        mma_16816<T>(st[2 * np + 1], ka, qb[2], qb[3]);
-      }
-    }
+    zero_acc(st);
+    // k loop unrolled by 2 only: full unrolling hoists every fragment load and spills at D = 128
+    warp_mma_abt<T, D, BM, 2>(st, sK, warp * 16, sQs, lane);
 
     // P^T = 2^(S^T * scale * log2e - lse * log2e), zero where masked
     // (key row r sees queries in [q_begin[r], q_end), relative to this tile's columns 2*t4)
@@ -180,35 +165,12 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
     }
 
     // dV += P^T dO
-#pragma unroll
-    for (int kq = 0; kq < BM / 16; ++kq) {
-      uint32_t pa[4];
-      acc_to_a_frag<T>(pa, st, kq);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t ob[4];
-        load_b_frag_kn<D>(ob, sdOs, kq * 16, dp * 16, lane);
-        mma_16816<T>(dv_acc[2 * dp], pa, ob[0], ob[1]);
-        mma_16816<T>(dv_acc[2 * dp + 1], pa, ob[2], ob[3]);
-      }
-    }
+    warp_mma_acc_b<T, D, BM>(dv_acc, st, sdOs, lane);
 
     // dP^T = V dO^T
     float dpt[BM / 8][4];
-#pragma unroll
-    for (int i = 0; i < BM / 8; ++i) dpt[i][0] = dpt[i][1] = dpt[i][2] = dpt[i][3] = 0.f;
-#pragma unroll 2
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t va[4];
-      load_a_frag<D>(va, sV, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < BM / 16; ++np) {
-        uint32_t ob[4];
-        load_b_frag_nk<D>(ob, sdOs, np * 16, kk * 16, lane);
-        mma_16816<T>(dpt[2 * np], va, ob[0], ob[1]);
-        mma_16816<T>(dpt[2 * np + 1], va, ob[2], ob[3]);
-      }
-    }
+    zero_acc(dpt);
+    warp_mma_abt<T, D, BM, 2>(dpt, sV, warp * 16, sdOs, lane);
 
     // dS^T = P^T * (dP^T - delta)
 #pragma unroll
@@ -218,18 +180,7 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
     }
 
     // dK += dS^T Q (times scale at the end)
-#pragma unroll
-    for (int kq = 0; kq < BM / 16; ++kq) {
-      uint32_t dsa[4];
-      acc_to_a_frag<T>(dsa, dpt, kq);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t qb[4];
-        load_b_frag_kn<D>(qb, sQs, kq * 16, dp * 16, lane);
-        mma_16816<T>(dk_acc[2 * dp], dsa, qb[0], qb[1]);
-        mma_16816<T>(dk_acc[2 * dp + 1], dsa, qb[2], qb[3]);
-      }
-    }
+    warp_mma_acc_b<T, D, BM>(dk_acc, dpt, sQs, lane);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
   cp_async_wait<0>();
@@ -303,8 +254,7 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
   }
 
   float dq_acc[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) dq_acc[i][0] = dq_acc[i][1] = dq_acc[i][2] = dq_acc[i][3] = 0.f;
+  zero_acc(dq_acc);
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int stage = nb & 1;
@@ -323,20 +273,8 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
 
     // S = Q K^T
     float s[BN / 8][4];
-#pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[4];
-      load_a_frag<D>(qa, sQ, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t kb[4];
-        load_b_frag_nk<D>(kb, sKs, np * 16, kk * 16, lane);
-        mma_16816<T>(s[2 * np], qa, kb[0], kb[1]);
-        mma_16816<T>(s[2 * np + 1], qa, kb[2], kb[3]);
-      }
-    }
+    zero_acc(s);
+    warp_mma_abt<T, D, BN, D / 16>(s, sQ, warp * 16, sKs, lane);
 
     // P, zero where masked (keys at or past key_end[r], relative to this tile)
     const bool need_mask = n0 + BN > seqlen || (CAUSAL && n0 + BN - 1 > m0);
@@ -353,20 +291,8 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
 
     // dP = dO V^T
     float dp[BN / 8][4];
-#pragma unroll
-    for (int i = 0; i < BN / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t oa[4];
-      load_a_frag<D>(oa, sdO, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t vb[4];
-        load_b_frag_nk<D>(vb, sVs, np * 16, kk * 16, lane);
-        mma_16816<T>(dp[2 * np], oa, vb[0], vb[1]);
-        mma_16816<T>(dp[2 * np + 1], oa, vb[2], vb[3]);
-      }
-    }
+    zero_acc(dp);
+    warp_mma_abt<T, D, BN, D / 16>(dp, sdO, warp * 16, sVs, lane);
 
     // dS = P * (dP - delta)
 #pragma unroll
@@ -376,18 +302,7 @@ __global__ void __launch_bounds__(FlashBwdConfig<HEAD_DIM>::THREADS)
     }
 
     // dQ += dS K (times scale at the end)
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t dsa[4];
-      acc_to_a_frag<T>(dsa, dp, kk);
-#pragma unroll
-      for (int dt = 0; dt < D / 16; ++dt) {
-        uint32_t kb[4];
-        load_b_frag_kn<D>(kb, sKs, kk * 16, dt * 16, lane);
-        mma_16816<T>(dq_acc[2 * dt], dsa, kb[0], kb[1]);
-        mma_16816<T>(dq_acc[2 * dt + 1], dsa, kb[2], kb[3]);
-      }
-    }
+    warp_mma_acc_b<T, D, BN>(dq_acc, dp, sKs, lane);
     __syncthreads();
   }
   cp_async_wait<0>();

@@ -80,8 +80,7 @@ __global__ void __launch_bounds__(FlashFwdConfig<HEAD_DIM>::THREADS)
 
   uint32_t q_frag[D / 16][4];
   float o_acc[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.f;
+  zero_acc(o_acc);
   float row_max[2] = {NEG_INF, NEG_INF};  // running max of the scaled (log2-domain) scores
   float row_sum[2] = {0.f, 0.f};          // this thread's share of the running sum of 2^(s - m)
   const int row0 = m0 + warp * 16 + g;    // absolute query rows row0 and row0 + 8
@@ -108,8 +107,7 @@ __global__ void __launch_bounds__(FlashFwdConfig<HEAD_DIM>::THREADS)
 
     // S = Q K^T for the warp's 16 rows x BN keys
     float s[BN / 8][4];
-#pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    zero_acc(s);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
@@ -161,18 +159,7 @@ __global__ void __launch_bounds__(FlashFwdConfig<HEAD_DIM>::THREADS)
     }
 
     // O += P V (P rounded to T as the A operand)
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t pa[4];
-      acc_to_a_frag<T>(pa, s, kk);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vb[4];
-        load_b_frag_kn<D>(vb, sVs, kk * 16, dp * 16, lane);
-        mma_16816<T>(o_acc[2 * dp], pa, vb[0], vb[1]);
-        mma_16816<T>(o_acc[2 * dp + 1], pa, vb[2], vb[3]);
-      }
-    }
+    warp_mma_acc_b<T, D, BN>(o_acc, s, sVs, lane);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
   cp_async_wait<0>();

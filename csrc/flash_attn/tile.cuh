@@ -73,6 +73,50 @@ __device__ __forceinline__ void acc_to_a_frag(uint32_t (&a)[4], const float (&ac
   a[3] = pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
 }
 
+// Zero a warp's fp32 accumulator of NT n8 tiles.
+template <int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[NT][4]) {
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+
+// acc (16 x N) += A B^T over D columns, where A is rows a_r0..a_r0+15 of tile `a` and B is rows
+// 0..N-1 of tile `b`, both D wide (e.g. S = Q K^T). The k loop over D is unrolled UNROLL times.
+template <typename T, int D, int N, int UNROLL>
+__device__ __forceinline__ void warp_mma_abt(float (&acc)[N / 8][4], const T* a, int a_r0, const T* b, int lane) {
+#pragma unroll UNROLL
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t fa[4];
+    load_a_frag<D>(fa, a, a_r0, kk * 16, lane);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t fb[4];
+      load_b_frag_nk<D>(fb, b, np * 16, kk * 16, lane);
+      mma_16816<T>(acc[2 * np], fa, fb[0], fb[1]);
+      mma_16816<T>(acc[2 * np + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
+// acc (16 x D) += P B, where P (16 x K) is a warp's fp32 accumulator, rounded to T as the A
+// operand, and B is rows 0..K-1 of the D-wide tile `b` (e.g. O += P V).
+template <typename T, int D, int K>
+__device__ __forceinline__ void warp_mma_acc_b(float (&acc)[D / 8][4], const float (&p)[K / 8][4], const T* b,
+                                               int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t fa[4];
+    acc_to_a_frag<T>(fa, p, kk);
+#pragma unroll
+    for (int dt = 0; dt < D / 16; ++dt) {
+      uint32_t fb[4];
+      load_b_frag_kn<D>(fb, b, kk * 16, dt * 16, lane);
+      mma_16816<T>(acc[2 * dt], fa, fb[0], fb[1]);
+      mma_16816<T>(acc[2 * dt + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
 // Store one warp's 16 x D fp32 accumulator (times `mul[0]` for rows 0-7 and `mul[1]` for rows
 // 8-15) to rows 0..valid_rows-1 of `gmem`, staged through the warp's own 16 x D smem region so
 // that global stores are whole 16-byte chunks.
