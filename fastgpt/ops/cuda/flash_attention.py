@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 import fastgpt.ops.cuda  # noqa: F401  (loads fastgpt._C, registering torch.ops.fastgpt.*)
+from fastgpt.ops._checks import attention_shapes_problem, attention_tensors_problem
 
 HEAD_DIMS = (64, 128)
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -83,11 +84,9 @@ class _FlashAttention(torch.autograd.Function):
 
 def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     """Why these inputs are outside the kernels' limits (None when they are supported)."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4:
-            return f"{name} must be a 4-D (B, H, T, D) tensor, got {getattr(t, 'shape', type(t).__name__)}"
-    if not (q.device == k.device == v.device):
-        return f"q, k, v are on different devices ({q.device}, {k.device}, {v.device})"
+    reason = attention_tensors_problem(q, k, v)
+    if reason is not None:
+        return reason
     if q.device.type != "cuda":
         return f"tensors are on {q.device}; the CUDA kernels need a CUDA device"
     if not (q.dtype == k.dtype == v.dtype):
@@ -96,15 +95,10 @@ def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         return f"dtype {q.dtype} is not supported (float16, bfloat16); use the triton or torch backend"
     if torch.cuda.get_device_properties(q.device).major < 8:  # constant-folded by torch.compile
         return f"the kernels need compute capability 8.0+ (fp16/bf16 mma.sync); {q.device} is older"
-    (B, Hq, T, D), (Bk, Hkv, S, Dk) = q.shape, k.shape
-    if k.shape != v.shape:
-        return f"k{tuple(k.shape)} and v{tuple(v.shape)} must have the same shape"
-    if B != Bk or D != Dk:
-        return f"q{tuple(q.shape)} and k{tuple(k.shape)} must share batch size and head dim"
-    if S != T:
-        return f"the kernel needs as many keys as queries (T={T}, S={S}); KV-cache decoding is not supported"
-    if Hkv == 0 or Hq % Hkv:
-        return f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})"
+    reason = attention_shapes_problem(q, k, v)
+    if reason is not None:
+        return reason
+    B, Hq, _, D = q.shape
     if D not in HEAD_DIMS:
         return f"head dim {D} is not supported ({', '.join(map(str, HEAD_DIMS))})"
     if B > 65535 or Hq > 65535:

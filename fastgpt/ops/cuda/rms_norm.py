@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 import fastgpt.ops.cuda  # noqa: F401  (loads fastgpt._C, registering torch.ops.fastgpt.*)
+from fastgpt.ops._checks import residual_problem, rms_norm_shapes_problem
 
 MAX_N = 65536
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -67,22 +68,14 @@ class _RMSNorm(torch.autograd.Function):
 
 def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
     """Why these inputs are outside the kernels' limits (None when they are supported)."""
-    if not isinstance(x, Tensor) or x.dim() == 0:
-        return "x must be a tensor with at least one dimension"
+    reason = rms_norm_shapes_problem(x, weight, MAX_N)
+    if reason is not None:
+        return reason
     if x.device.type != "cuda":
         return f"x is on {x.device}; the CUDA kernels need a CUDA device"
-    if x.dtype not in _DTYPES:
-        return f"x's dtype {x.dtype} is not supported (float32, float16, bfloat16)"
-    n = x.shape[-1]
-    if not 1 <= n <= MAX_N:
-        return f"the normalized dim has {n} elements; the kernels support 1..{MAX_N}"
-    if weight is not None:
-        if weight.shape != (n,):
-            return f"weight shape {tuple(weight.shape)} must be ({n},)"
-        if weight.dtype not in _DTYPES:
-            return f"weight's dtype {weight.dtype} is not supported (float32, float16, bfloat16)"
-        if weight.device != x.device:
-            return f"weight is on {weight.device}, x on {x.device}"
+    for name, t in (("x", x), ("weight", weight)):
+        if t is not None and t.dtype not in _DTYPES:
+            return f"{name}'s dtype {t.dtype} is not supported (float32, float16, bfloat16)"
     return None
 
 
@@ -94,12 +87,7 @@ def rms_norm(
     Returns y like x, or ``(y, x + residual)`` when ``residual`` (like x) is given. ``eps`` None
     means ``torch.finfo(x.dtype).eps``. Raises ``ValueError`` outside the kernels' limits.
     """
-    reason = unsupported_reason(x, weight)
-    if reason is None and residual is not None:
-        if not isinstance(residual, Tensor) or residual.shape != x.shape:
-            reason = f"residual shape {tuple(getattr(residual, 'shape', ()))} must equal x's {tuple(x.shape)}"
-        elif residual.dtype != x.dtype or residual.device != x.device:
-            reason = f"residual ({residual.dtype}, {residual.device}) must match x ({x.dtype}, {x.device})"
+    reason = unsupported_reason(x, weight) or residual_problem(x, residual)
     if reason is not None:
         raise ValueError(f"rms_norm (cuda): {reason}")
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from fastgpt.ops._backend import triton_interpreted
+from fastgpt.ops._checks import attention_shapes_problem, attention_tensors_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
 _INTERPRET = triton_interpreted()
@@ -541,26 +542,19 @@ class _FlashAttention(torch.autograd.Function):
 
 def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     """Why these inputs are outside the kernel's limits (None when they are supported)."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4:
-            return f"{name} must be a 4-D (B, H, T, D) tensor, got {getattr(t, 'shape', type(t).__name__)}"
-    if not (q.device == k.device == v.device):
-        return f"q, k, v are on different devices ({q.device}, {k.device}, {v.device})"
+    reason = attention_tensors_problem(q, k, v)
+    if reason is not None:
+        return reason
     if q.device.type != "cuda" and not (q.device.type == "cpu" and _INTERPRET):
         return f"tensors are on {q.device}; the Triton kernels need CUDA (or CPU under TRITON_INTERPRET=1)"
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
         return f"dtypes ({q.dtype}, {k.dtype}, {v.dtype}) must all be one of float16, bfloat16, float32"
     if q.dtype == torch.bfloat16 and _INTERPRET:
         return "bfloat16 is not supported by the Triton interpreter"
-    (B, Hq, T, D), (Bk, Hkv, S, Dk) = q.shape, k.shape
-    if k.shape != v.shape:
-        return f"k{tuple(k.shape)} and v{tuple(v.shape)} must have the same shape"
-    if B != Bk or D != Dk:
-        return f"q{tuple(q.shape)} and k{tuple(k.shape)} must share batch size and head dim"
-    if S != T:
-        return f"the kernel needs as many keys as queries (T={T}, S={S}); KV-cache decoding is not supported"
-    if Hkv == 0 or Hq % Hkv:
-        return f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})"
+    reason = attention_shapes_problem(q, k, v)
+    if reason is not None:
+        return reason
+    D = q.shape[-1]
     if not 1 <= D <= MAX_HEAD_DIM:
         return f"head dim {D} is not supported (1..{MAX_HEAD_DIM})"
     for name, t in (("q", q), ("k", k), ("v", v)):

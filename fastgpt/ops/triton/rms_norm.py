@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from fastgpt.ops._backend import triton_interpreted
+from fastgpt.ops._checks import residual_problem, rms_norm_shapes_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
 _INTERPRET = triton_interpreted()
@@ -283,22 +284,14 @@ class _RMSNorm(torch.autograd.Function):
 
 def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
     """Why these inputs are outside the kernel's limits (None when they are supported)."""
-    if not isinstance(x, Tensor) or x.dim() == 0:
-        return "x must be a tensor with at least one dimension"
+    reason = rms_norm_shapes_problem(x, weight, MAX_N)
+    if reason is not None:
+        return reason
     if x.device.type != "cuda" and not (x.device.type == "cpu" and _INTERPRET):
         return f"x is on {x.device}; the Triton kernels need CUDA (or CPU under TRITON_INTERPRET=1)"
-    if x.dtype not in _DTYPES:
-        return f"x's dtype {x.dtype} is not one of float16, bfloat16, float32"
-    n = x.shape[-1]
-    if not 1 <= n <= MAX_N:
-        return f"the normalized dim has {n} elements; the kernel supports 1..{MAX_N}"
-    if weight is not None:
-        if weight.shape != (n,):
-            return f"weight shape {tuple(weight.shape)} must be ({n},)"
-        if weight.dtype not in _DTYPES:
-            return f"weight's dtype {weight.dtype} is not one of float16, bfloat16, float32"
-        if weight.device != x.device:
-            return f"weight is on {weight.device}, x on {x.device}"
+    for name, t in (("x", x), ("weight", weight)):
+        if t is not None and t.dtype not in _DTYPES:
+            return f"{name}'s dtype {t.dtype} is not supported (float16, bfloat16, float32)"
     if _INTERPRET and torch.bfloat16 in (x.dtype, getattr(weight, "dtype", None)):
         return "bfloat16 is not supported by the Triton interpreter"
     return None
@@ -312,12 +305,7 @@ def rms_norm(
     Returns y like x, or ``(y, x + residual)`` when ``residual`` (like x) is given. ``eps`` None
     means ``torch.finfo(x.dtype).eps``. Raises ``ValueError`` outside the kernel's limits.
     """
-    reason = unsupported_reason(x, weight)
-    if reason is None and residual is not None:
-        if not isinstance(residual, Tensor) or residual.shape != x.shape:
-            reason = f"residual shape {tuple(getattr(residual, 'shape', ()))} must equal x's {tuple(x.shape)}"
-        elif residual.dtype != x.dtype or residual.device != x.device:
-            reason = f"residual ({residual.dtype}, {residual.device}) must match x ({x.dtype}, {x.device})"
+    reason = unsupported_reason(x, weight) or residual_problem(x, residual)
     if reason is not None:
         raise ValueError(f"rms_norm (triton): {reason}")
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
