@@ -108,3 +108,19 @@ def test_summary_merges_latest_results(quick_runs) -> None:
     res = subprocess.run([sys.executable, str(BENCH_DIR / "summary.py"), "--results", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and json.loads((out / "summary.json").read_text())["sources"] == {}
+
+
+def test_resource_report_compiles_a_kernel_for_sm90_without_a_gpu(tmp_path: Path) -> None:
+    """resources.py --quick: Triton compiles one attention configuration ahead of time for sm_90
+    and cuobjdump reads its registers, spills and tensor-core instructions."""
+    pytest.importorskip("triton")
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "resources.py"), "--quick", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads((tmp_path / "resources_sm90_quick.json").read_text())
+    assert doc["arch"] == 90 and doc["triton"] and doc["quick"] is True
+    (row,) = doc["rows"]
+    assert "error" not in row, row["error"]
+    assert 0 < row["regs"] <= 255 and row["smem"] > 0
+    assert row["hgmma"] > 0, "an fp16 attention tile on sm_90 should use wgmma"
+    assert row["flags"] == "", row

@@ -23,8 +23,8 @@ How:
 - any T >= 1 (masks, no divisibility), any head dim up to 256 (padded to the next power of two
   >= 16 inside, with masks), any strides (SDPA layout or a transposed view of (B, T, H, D)),
   K/V shared by a group are read in place, never repeated.
-- block sizes are autotuned per head-dim bucket on GPU; under ``TRITON_INTERPRET=1`` one fixed
-  small configuration is used.
+- block sizes are autotuned per head-dim bucket on GPU, from separate candidates for fp32 inputs;
+  under ``TRITON_INTERPRET=1`` one fixed small configuration is used.
 
 Limits: CUDA tensors (CPU tensors only under the Triton interpreter); q, k, v of one dtype among
 fp16, bf16, fp32 (bf16 not under the interpreter); head dim <= 256; k/v as long as q (no KV-cache
@@ -72,6 +72,26 @@ _CONFIGS = {
         64: [(128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
         128: [(128, 32, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
         256: [(64, 16, 8, 2), (64, 32, 8, 1), (32, 16, 4, 1)],
+    },
+}
+# fp32 inputs take the dot products on CUDA cores (no TF32), which hold far more registers per
+# tile: the fp16/bf16 candidates above spill kilobytes per thread there. These are the ones that
+# ptxas (sm_90) compiles without spilling (benchmarks/resources.py).
+_CONFIGS_FP32 = {
+    "fwd": {
+        64: [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
+        128: [(32, 16, 8, 2), (16, 16, 8, 2), (16, 16, 4, 2)],
+        256: [(32, 16, 8, 2), (16, 16, 8, 2), (16, 16, 4, 2)],
+    },
+    "dkdv": {
+        64: [(32, 32, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)],
+        128: [(16, 32, 8, 2), (16, 32, 8, 1), (16, 16, 8, 2)],
+        256: [(16, 16, 8, 2)],
+    },
+    "dq": {
+        64: [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
+        128: [(64, 16, 8, 2), (32, 16, 8, 2), (16, 16, 4, 2)],
+        256: [(32, 16, 8, 2), (16, 16, 8, 2), (16, 16, 4, 2)],
     },
 }
 # Under the interpreter: small, unequal blocks so that tests with T ~ 17..64 still cross block
@@ -432,8 +452,8 @@ def _block_d(head_dim: int) -> int:
 
 
 @functools.cache
-def _autotuned(name: str, block_d: int) -> triton.runtime.Autotuner:
-    pairs = _CONFIGS[name][max(64, block_d)]
+def _autotuned(name: str, block_d: int, fp32: bool) -> triton.runtime.Autotuner:
+    pairs = (_CONFIGS_FP32 if fp32 else _CONFIGS)[name][max(64, block_d)]
     # the unmasked loops step over whole blocks that must not reach into the diagonal
     assert all((n % m if name == "dkdv" else m % n) == 0 for m, n, _, _ in pairs), pairs
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
@@ -446,12 +466,12 @@ def _t_bucket(T: int) -> int:
     return 1 << (T - 1).bit_length() if isinstance(T, int) else T
 
 
-def _kernel(name: str, head_dim: int) -> tuple[object, dict]:
+def _kernel(name: str, head_dim: int, dtype: torch.dtype) -> tuple[object, dict]:
     """The kernel to launch and the launch options it still needs (none when autotuned)."""
     if _INTERPRET:
         block_m, block_n = _INTERPRET_CONFIG[name]
         return _KERNELS[name], {"BLOCK_M": block_m, "BLOCK_N": block_n}
-    return _autotuned(name, _block_d(head_dim)), {}
+    return _autotuned(name, _block_d(head_dim), dtype == torch.float32), {}
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -467,7 +487,7 @@ def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) 
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
-    kernel, options = _kernel("fwd", D)
+    kernel, options = _kernel("fwd", D, q.dtype)
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(T, meta["BLOCK_M"]), B * H)
@@ -498,7 +518,7 @@ def flash_attn_bwd(
     )
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
 
-    kernel, options = _kernel("dkdv", D)
+    kernel, options = _kernel("dkdv", D, q.dtype)
 
     def grid_dkdv(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(T, meta["BLOCK_N"]), B * H_KV)
@@ -509,7 +529,7 @@ def flash_attn_bwd(
         H_KV, T, scale, scale * _LOG2E, _t_bucket(T), GROUP=H // H_KV, **common, **options,
     )
 
-    kernel, options = _kernel("dq", D)
+    kernel, options = _kernel("dq", D, q.dtype)
 
     def grid_dq(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(T, meta["BLOCK_M"]), B * H)
