@@ -15,7 +15,7 @@ sized in csrc/), and the HGMMA (wgmma, sm_90) and HMMA (mma.sync) instructions i
 Flags: ``smem`` when a configuration needs more shared memory than the architecture gives a block
 (the autotuner would have to skip it), ``spill`` when ptxas used local memory.
 The numbers are this machine's Triton version's (the GPU machine may run another).
-Writes ``resources_sm<arch>.json`` under --out (default benchmarks/results/).
+Writes ``resources_sm<arch>_triton<version>.json`` under --out (default benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
               "rows": [{**row, "flags": flags(row, args.arch)} for row in rows]}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"resources_sm{args.arch}{'_quick' if args.quick else ''}.json"
+    path = args.out / f"resources_sm{args.arch}_triton{triton.__version__}{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {path}")
     return 0
