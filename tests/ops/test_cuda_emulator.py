@@ -184,3 +184,61 @@ def test_fused_adamw_tensor_spanning_launches(emulated):
                      backend="cuda")
     for p, (pe, _, _) in zip(params, expected):
         torch.testing.assert_close(p.double(), pe, rtol=torch.finfo(torch.bfloat16).eps, atol=1e-6)
+
+
+def _guarded(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` whose storage ends at an inaccessible page: reading past it is an error."""
+    g = torch.ops.fastgpt_emu.guarded_empty(t.numel(), t.dtype).view(t.shape)
+    return g.copy_(t)
+
+
+@pytest.mark.parametrize("T", [1, 113])
+def test_flash_attention_reads_nothing_past_its_inputs(emulated, T):
+    torch.manual_seed(T)
+    q, k, v, dout = (_guarded(torch.randn(1, 1, T, 64, dtype=torch.float16)) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_()
+    out = ops.flash_attention(q, k, v, causal=False, backend="cuda")
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), _guarded(dout))
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all() and torch.isfinite(dv).all()
+
+
+def test_rms_norm_reads_nothing_past_its_inputs(emulated):
+    x = _guarded(torch.randn(3, 100))
+    assert torch.isfinite(ops.rms_norm(x, _guarded(torch.ones(100)), backend="cuda")).all()
+
+
+def _integers(rows: int, cols: int, a: int, b: int, m: int) -> torch.Tensor:
+    """Small integers ((a i + b j) % m - m // 2): exact in fp16, bf16 and fp32, as are their products' sums."""
+    i = torch.arange(rows).unsqueeze(1)
+    j = torch.arange(cols).unsqueeze(0)
+    return ((a * i + b * j) % m - m // 2).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3], ids=["fragments", "ldmatrix", "ldmatrix.trans", "cp.async"])
+def test_mma_selftest(emulated, dtype, mode):
+    """One warp's 16x16x16 product through mma.sync, fed four ways, equals the exact integer product."""
+    A = _integers(16, 16, 7, 3, 11)
+    B = _integers(16, 16, 5, 2, 9)
+    expected = (A if mode != 3 else A * (torch.arange(16) < 12).unsqueeze(1)) @ B
+    C = torch.ops.fastgpt_emu.mma_selftest(A.to(dtype), B.to(dtype), mode)
+    assert torch.equal(C, expected), f"max error {(C - expected).abs().max().item()}"
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("oob_global", ["invalid memory access", "block (1, 0, 0) thread (63, 0, 0)"]),
+        ("oob_shared", ["out-of-bounds shared memory", "block (0, 0, 0) thread (63, 0, 0)"]),
+        ("deadlock", ["deadlock", "thread (0, 0, 0) waits at __syncthreads", "thread (16, 0, 0) waits in bar.warp.sync"]),
+        ("barrier_in_branch", ["__syncthreads", "block (0, 0, 0) thread ("]),
+        ("divergent_shuffle", ["divergent warp collective", "shfl.sync.down", "shfl.sync.bfly", "block (0, 0, 0)"]),
+        ("exit_in_collective", ["exited", "shfl.sync.bfly", "block (0, 0, 0) thread ("]),
+    ],
+)
+def test_emulator_reports(emulated, kind, expected):
+    with pytest.raises(RuntimeError) as info:
+        torch.ops.fastgpt_emu.fault(kind, _guarded(torch.zeros(127)))
+    for part in expected:
+        assert part in str(info.value), str(info.value)
