@@ -69,6 +69,13 @@ def test_flash_attention(emulated, assert_err_close, dtype, D, T, causal):
         assert_err_close(name, g, s, r, factor=3.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_flash_attention_long(emulated, assert_err_close, dtype, causal):
+    """Five K/V tiles: the double buffer is refilled while other warps may still read it."""
+    test_flash_attention(emulated, assert_err_close, dtype, 64, 257, causal)
+
+
 def test_flash_attention_deterministic(emulated):
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 70, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
@@ -95,6 +102,7 @@ def _rms_norm_ref64(x, weight, residual, eps):
         ((2, 3, 3001), torch.float16, False, False),  # beyond the register cache, element-wise
         ((9, 2048), torch.float32, True, True),
     ],
+    ids=["fp16", "bf16-residual", "fp32-n100", "bf16-4096-residual", "fp16-n3001", "fp32-2048-residual"],
 )
 def test_rms_norm(emulated, assert_err_close, shape, dtype, with_weight, with_residual):
     torch.manual_seed(shape[-1])
@@ -231,7 +239,7 @@ def test_mma_selftest(emulated, dtype, mode):
     [
         ("oob_global", ["invalid memory access", "block (1, 0, 0) thread (63, 0, 0)"]),
         ("oob_shared", ["out-of-bounds shared memory", "block (0, 0, 0) thread (63, 0, 0)"]),
-        ("deadlock", ["deadlock", "thread (0, 0, 0) waits at __syncthreads", "thread (16, 0, 0) waits in bar.warp.sync"]),
+        ("deadlock", ["deadlock", "(0, 0, 0) waits at __syncthreads", "(16, 0, 0) waits in bar.warp.sync"]),
         ("barrier_in_branch", ["__syncthreads", "block (0, 0, 0) thread ("]),
         ("divergent_shuffle", ["divergent warp collective", "shfl.sync.down", "shfl.sync.bfly", "block (0, 0, 0)"]),
         ("exit_in_collective", ["exited", "shfl.sync.bfly", "block (0, 0, 0) thread ("]),

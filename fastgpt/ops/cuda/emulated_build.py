@@ -63,7 +63,7 @@ def csrc_dir() -> Path:
     if override:
         path = Path(override)
         if not (path / "ops.cpp").is_file():
-            raise FileNotFoundError(f"FASTGPT_CUDA_EMULATE_CSRC={override} has no ops.cpp (it must name a copy of csrc/)")
+            raise FileNotFoundError(f"FASTGPT_CUDA_EMULATE_CSRC={override} has no ops.cpp (name a copy of csrc/)")
         return path
     package = Path(__file__).resolve().parents[2]  # fastgpt/
     for path in (package.parent / "csrc", package / "_csrc"):
