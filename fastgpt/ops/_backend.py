@@ -29,13 +29,17 @@ def cuda_emulated() -> bool:
     return os.environ.get("FASTGPT_CUDA_EMULATE", "0") == "1"
 
 
-@functools.cache
 def _extension_error() -> str | None:
     """Why ``fastgpt._C`` (or, emulated, its CPU build) cannot be used (None when it loads)."""
     if cuda_emulated():
         from fastgpt.ops.cuda.emulated_build import error  # builds on first use
 
         return error()
+    return _real_extension_error()
+
+
+@functools.cache
+def _real_extension_error() -> str | None:
     if importlib.util.find_spec("fastgpt._C") is None:
         return "the CUDA extension fastgpt._C is not built (install with a CUDA toolchain and a CUDA build of torch)"
     try:

@@ -16,6 +16,7 @@ skip where the real extension is already loaded in the process (a GPU machine).
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import pytest
@@ -33,6 +34,9 @@ def emulated(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     cuda_pkg = sys.modules.get("fastgpt.ops.cuda")
     if cuda_pkg is not None and not cuda_pkg.EMULATED:
         pytest.skip("the real CUDA extension is loaded in this process; the emulator cannot be loaded beside it")
+    if cuda_pkg is None and torch.cuda.is_available() and os.environ.get("FASTGPT_CUDA_EMULATE") != "1":
+        pytest.skip("a CUDA device is here: the emulator would displace the real extension in this process "
+                    "(set FASTGPT_CUDA_EMULATE=1 for the whole run to test it)")
     monkeypatch.setenv("FASTGPT_CUDA_EMULATE", "1")
     monkeypatch.setenv("FASTGPT_CUDA_EMULATE_SCHEDULE", request.param)
     reason = ops.available_backends("cpu")["cuda"]

@@ -171,7 +171,8 @@ def build(csrc: Path | None = None) -> Path:
     """Build (or find in the cache) the emulated library of ``csrc`` and return its path."""
     csrc = csrc_dir() if csrc is None else csrc
     files = _read_tree(csrc)
-    sources = sorted(r for r in files if r.endswith((".cpp", ".cu")))
+    # emu/*_main.cu are standalone programs for a real GPU (benchmarks/gpu_check.sh)
+    sources = sorted(r for r in files if r.endswith((".cpp", ".cu")) and not r.endswith("_main.cu"))
     cxx = _compiler()
     root = cache_dir()
     common = _sha(TRANSFORM_VERSION, torch.__version__, sys.version, _compiler_version(cxx), *_FLAGS,
