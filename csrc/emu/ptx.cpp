@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "emu/runtime.h"
 
@@ -70,8 +71,18 @@ void ldmatrix_fn(const char* what, LaneSlot* slots, uint32_t mask) {
   }
 }
 
+// Every fp16 bit pattern as a double (the mma operands are decoded 384 at a time).
+const double* half_table() {
+  static const std::vector<double> table = [] {
+    std::vector<double> t(65536);
+    for (uint32_t b = 0; b < 65536; ++b) t[b] = __half2float(__half{static_cast<uint16_t>(b)});
+    return t;
+  }();
+  return table.data();
+}
+
 double from_b16(uint16_t bits, bool bf16) {
-  return bf16 ? static_cast<double>(__bfloat162float(__nv_bfloat16{bits})) : static_cast<double>(__half2float(__half{bits}));
+  return bf16 ? static_cast<double>(__bfloat162float(__nv_bfloat16{bits})) : half_table()[bits];
 }
 
 void mma_fn(const char* what, LaneSlot* slots, uint32_t mask) {

@@ -192,6 +192,12 @@ uint3 thread_of(const Worker& w, int tid) {
           static_cast<unsigned>(tid) / (b.x * b.y)};
 }
 
+std::string hex(uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "0x%08x", v);
+  return b;
+}
+
 std::string where(const Worker& w, int tid) {
   return std::string(w.launch->kernel) + ": block " + ids_str(w.block_idx) + " thread " + ids_str(thread_of(w, tid));
 }
@@ -242,11 +248,7 @@ void fiber_exit(Worker& w) {
   WarpState& ws = w.warps[warp];
   if (ws.arrived != 0 && (ws.mask >> lane & 1u)) {
     abort_block(w, "lane " + std::to_string(lane) + " exited while lane " + std::to_string(ws.first) + " of its warp waits in " +
-                       ws.what + " (mask 0x" + [&] {
-                         char b[16];
-                         std::snprintf(b, sizeof b, "%08x", ws.mask);
-                         return std::string(b);
-                       }() + ") at " + where(w, f.tid));
+                       ws.what + " (mask " + hex(ws.mask) + ") at " + where(w, f.tid));
   }
   if (w.barrier_arrived > 0) {
     abort_block(w, "thread exited while " + std::to_string(w.barrier_arrived) +
@@ -491,11 +493,10 @@ void warp_collective(const char* what, uint32_t mask, WarpFn fn) {
   Fiber& f = *w.cur;
   const int lane = f.tid % 32;
   WarpState& ws = w.warps[f.tid / 32];
-  char m[16];
-  std::snprintf(m, sizeof m, "0x%08x", mask);
-  if (!(mask >> lane & 1u)) abort_block(w, std::string(what) + " with mask " + m + " excludes the calling lane at " + where(w, f.tid));
-  if (mask & ~ws.present) abort_block(w, std::string(what) + " with mask " + m + " names lanes that do not exist at " + where(w, f.tid));
-  if (mask & ws.exited) {
+  if (!(mask >> lane & 1u) || (mask & ~ws.present) || (mask & ws.exited)) {
+    const std::string m = hex(mask);
+    if (!(mask >> lane & 1u)) abort_block(w, std::string(what) + " with mask " + m + " excludes the calling lane at " + where(w, f.tid));
+    if (mask & ~ws.present) abort_block(w, std::string(what) + " with mask " + m + " names lanes that do not exist at " + where(w, f.tid));
     abort_block(w, std::string(what) + " with mask " + m + " waits for lane " + std::to_string(__builtin_ctz(mask & ws.exited)) +
                        ", which has exited, at " + where(w, f.tid));
   }
@@ -504,11 +505,9 @@ void warp_collective(const char* what, uint32_t mask, WarpFn fn) {
     ws.mask = mask;
     ws.first = lane;
   } else if (ws.mask != mask || (ws.what != what && std::strcmp(ws.what, what) != 0)) {
-    char m0[16];
-    std::snprintf(m0, sizeof m0, "0x%08x", ws.mask);
-    abort_block(w, std::string("divergent warp collective: lane ") + std::to_string(lane) + " is at " + what + " (mask " + m +
-                       ") while lane " + std::to_string(ws.first) + " waits at " + ws.what + " (mask " + m0 + ") at " +
-                       where(w, f.tid));
+    abort_block(w, std::string("divergent warp collective: lane ") + std::to_string(lane) + " is at " + what + " (mask " +
+                       hex(mask) + ") while lane " + std::to_string(ws.first) + " waits at " + ws.what + " (mask " +
+                       hex(ws.mask) + ") at " + where(w, f.tid));
   }
   ws.arrived |= 1u << lane;
   if (ws.arrived != mask) {
