@@ -13,10 +13,12 @@ present; otherwise a pure-Python/Triton package is installed. Environment:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
 SKIP = os.environ.get("FASTGPT_SKIP_CUDA_BUILD") == "1"
@@ -103,4 +105,18 @@ def _extension_kwargs() -> dict:
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}}
 
 
-setup(**_extension_kwargs())
+class BuildPyWithCsrc(build_py):
+    """Also installs csrc/ as fastgpt/_csrc: the emulated build (FASTGPT_CUDA_EMULATE=1) compiles it at run time.
+
+    An editable install needs no copy: fastgpt/ops/cuda/emulated_build.py finds the checkout's csrc/.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            shutil.copytree(ROOT / "csrc", Path(self.build_lib) / "fastgpt" / "_csrc", dirs_exist_ok=True)
+
+
+kwargs = _extension_kwargs()
+kwargs.setdefault("cmdclass", {})["build_py"] = BuildPyWithCsrc
+setup(**kwargs)
