@@ -1,7 +1,10 @@
-"""Shared test set-up: Triton's CPU interpreter when there is no GPU, and the local data folder.
+"""Shared test set-up: Triton's CPU interpreter and the CUDA emulator when there is no GPU, the
+``long`` marker, and the local data folder.
 
-``TRITON_INTERPRET`` must be set before any Triton kernel is defined, so it is set here, before
-test modules import fastgpt's kernels.
+Without a CUDA device, ``TRITON_INTERPRET=1`` (Triton kernels run in its CPU interpreter) and
+``FASTGPT_CUDA_EMULATE=1`` (``backend="cuda"`` runs the csrc/ kernels built as host C++ on CPU
+tensors) are set by default, here, before test modules import fastgpt's kernels (TRITON_INTERPRET
+is read when triton is imported). Set either to 0 to test without it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from fastgpt.cli import run
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("FASTGPT_CUDA_EMULATE", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # registered here, not in pyproject.toml: `make test` runs these too; `-m "not long"` leaves them out
+    config.addinivalue_line("markers", "long: a long case (tens of seconds on CPU); CI runs it, -m 'not long' skips")
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
