@@ -102,8 +102,14 @@ def test_flash_attention(backend, dtype, shape, causal, device, skip_unsupported
 
 @pytest.mark.parametrize("scale", [0.0, 0.3, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_flash_attention_scale_and_zero_stride_grad(backend, dtype, scale, device, skip_unsupported, assert_err_close):
+def test_flash_attention_scale_and_zero_stride_grad(
+    backend, dtype, scale, device, skip_unsupported, assert_err_close, request
+):
     """A custom scale (0 gives uniform weights), and a gradient with zero strides (from ``out.sum()``)."""
+    if backend == "torch" and scale == 0.0 and device == "cpu":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="F.scaled_dot_product_attention on CPU returns NaN for is_causal=True, scale=0.0"
+            " (PyTorch's bug, seen in 2.13): the torch backend inherits it"))
     torch.manual_seed(0)
     q, k, v = (_make(1, 2, 19, 64, dtype, device) for _ in range(3))
     skip_unsupported(backend, "flash_attention", q, k, v)
