@@ -1,8 +1,8 @@
 """Build script: the optional CUDA extension ``fastgpt._C``.
 
 Package metadata lives in pyproject.toml. The extension is built from every ``.cpp``/``.cu`` under
-``csrc/`` when a CUDA build of torch and nvcc are present; otherwise a pure-Python/Triton package
-is installed. Environment:
+``csrc/`` except ``csrc/emu/`` (the CPU emulation layer) when a CUDA build of torch and nvcc are
+present; otherwise a pure-Python/Triton package is installed. Environment:
 
 - ``FASTGPT_SKIP_CUDA_BUILD=1``: never build the extension.
 - ``FASTGPT_FORCE_CUDA_BUILD=1``: a failed or impossible build is an error instead of a warning.
@@ -67,7 +67,13 @@ def _extension_kwargs() -> dict:
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     os.environ.setdefault("MAX_JOBS", str(_default_max_jobs()))
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cpp", ".cu"))
+    # csrc/emu/ is the CPU emulation layer (FASTGPT_CUDA_EMULATE=1, fastgpt/ops/cuda/emulated_build.py): never
+    # part of the CUDA build
+    sources = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "csrc").rglob("*")
+        if p.suffix in (".cpp", ".cu") and "emu" not in p.relative_to(ROOT / "csrc").parts
+    )
     _say(f"building fastgpt._C for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} "
          f"with MAX_JOBS={os.environ['MAX_JOBS']} ({len(sources)} sources)")
 

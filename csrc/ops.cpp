@@ -28,7 +28,13 @@ TORCH_LIBRARY(fastgpt, m) {
       "bool maximize) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fastgpt, CUDA, m) {
+#ifdef FASTGPT_CUDA_EMULATE  // the emulated build (csrc/emu/): the same kernels on CPU tensors
+#define FASTGPT_DISPATCH_KEY CPU
+#else
+#define FASTGPT_DISPATCH_KEY CUDA
+#endif
+
+TORCH_LIBRARY_IMPL(fastgpt, FASTGPT_DISPATCH_KEY, m) {
   m.impl("flash_attn_fwd", &fastgpt::flash_attn_fwd_cuda);
   m.impl("flash_attn_bwd", &fastgpt::flash_attn_bwd_cuda);
   m.impl("rms_norm_fwd", &fastgpt::rms_norm_fwd_cuda);

@@ -25,7 +25,12 @@ inline std::string dtype_name(at::ScalarType t) {
 }
 
 inline void check_cuda(const char* op, const char* name, const at::Tensor& t) {
+#ifdef FASTGPT_CUDA_EMULATE  // the emulated build (csrc/emu/) runs the kernels on CPU tensors
+  TORCH_CHECK(t.is_cpu(), "fastgpt ", op, ": ", name, " must be a CPU tensor in the emulated CUDA build (got ",
+              t.device(), ")");
+#else
   TORCH_CHECK(t.is_cuda(), "fastgpt ", op, ": ", name, " must be a CUDA tensor (got ", t.device(), ")");
+#endif
 }
 
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {

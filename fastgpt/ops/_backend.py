@@ -3,7 +3,9 @@
 Backends, best first: ``cuda`` (our CUDA C++ extension ``fastgpt._C``), ``triton`` (our Triton
 kernels) and ``torch`` (the pure-PyTorch reference, always available). ``auto`` picks the best
 one that can run on the tensors' device and supports the inputs; an explicit backend that cannot
-run raises ``BackendUnavailable`` saying why.
+run raises ``BackendUnavailable`` saying why. With ``FASTGPT_CUDA_EMULATE=1``, ``cuda`` is the
+emulated build of csrc/ and runs on CPU tensors only; ``auto`` never picks it (on CPU it stays
+``torch``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run here; the message says why."""
 
 
+def cuda_emulated() -> bool:
+    """True when ``backend="cuda"`` runs the emulated build of csrc/ on CPU (FASTGPT_CUDA_EMULATE=1)."""
+    return os.environ.get("FASTGPT_CUDA_EMULATE", "0") == "1"
+
+
 @functools.cache
 def _extension_error() -> str | None:
-    """Why ``fastgpt._C`` cannot be used (None when it imports)."""
+    """Why ``fastgpt._C`` (or, emulated, its CPU build) cannot be used (None when it loads)."""
+    if cuda_emulated():
+        from fastgpt.ops.cuda.emulated_build import error  # builds on first use
+
+        return error()
     if importlib.util.find_spec("fastgpt._C") is None:
         return "the CUDA extension fastgpt._C is not built (install with a CUDA toolchain and a CUDA build of torch)"
     try:
@@ -59,6 +70,10 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
                     "set TRITON_INTERPRET=1 to run them slowly on CPU")
         return None
     if backend == "cuda":
+        if cuda_emulated():
+            if device.type != "cpu":
+                return f"the emulated CUDA build (FASTGPT_CUDA_EMULATE=1) runs on CPU tensors (tensors are on {device})"
+            return _extension_error()
         if device.type != "cuda":
             return f"CUDA kernels need a CUDA device (tensors are on {device})"
         return _extension_error()

@@ -87,13 +87,14 @@ def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     reason = attention_tensors_problem(q, k, v)
     if reason is not None:
         return reason
-    if q.device.type != "cuda":
-        return f"tensors are on {q.device}; the CUDA kernels need a CUDA device"
+    reason = fastgpt.ops.cuda.device_problem(q.device)
+    if reason is not None:
+        return f"tensors are on {q.device}; {reason}"
     if not (q.dtype == k.dtype == v.dtype):
         return f"q, k, v must share one dtype (got {q.dtype}, {k.dtype}, {v.dtype})"
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16); use the triton or torch backend"
-    if torch.cuda.get_device_properties(q.device).major < 8:  # constant-folded by torch.compile
+    if not fastgpt.ops.cuda.EMULATED and torch.cuda.get_device_properties(q.device).major < 8:  # constant-folded
         return f"the kernels need compute capability 8.0+ (fp16/bf16 mma.sync); {q.device} is older"
     reason = attention_shapes_problem(q, k, v)
     if reason is not None:

@@ -45,8 +45,9 @@ def unsupported_reason(params: list[Tensor]) -> str | None:
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             return f"params[{i}] is not a tensor"
-        if p.device.type != "cuda":
-            return f"params[{i}] is on {p.device}; the CUDA kernels need a CUDA device"
+        reason = fastgpt.ops.cuda.device_problem(p.device)
+        if reason is not None:
+            return f"params[{i}] is on {p.device}; {reason}"
         if p.device != params[0].device:
             return f"params are on several devices ({params[0].device}, {p.device})"
         if p.dtype not in _DTYPES:

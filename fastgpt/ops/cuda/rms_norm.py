@@ -71,8 +71,9 @@ def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
     reason = rms_norm_shapes_problem(x, weight, MAX_N)
     if reason is not None:
         return reason
-    if x.device.type != "cuda":
-        return f"x is on {x.device}; the CUDA kernels need a CUDA device"
+    reason = fastgpt.ops.cuda.device_problem(x.device)
+    if reason is not None:
+        return f"x is on {x.device}; {reason}"
     for name, t in (("x", x), ("weight", weight)):
         if t is not None and t.dtype not in _DTYPES:
             return f"{name}'s dtype {t.dtype} is not supported (float32, float16, bfloat16)"
