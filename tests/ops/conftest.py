@@ -9,18 +9,15 @@ running ahead, copies landing at once).
 
 Inputs a backend refuses are skipped with the kernel's own ``unsupported_reason``
 (:func:`skip_unsupported`), so no row fails because a test asked for something unsupported.
-Under the Triton interpreter, bf16 is computed by value through ``triton_bf16`` (test-only).
+Under the Triton interpreter, bf16 is computed by value: the root conftest's ``triton_bf16``
+fixture activates the test-only shim tests/ops/triton_bf16.py for the session.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -29,7 +26,7 @@ if not torch.cuda.is_available():  # before anything imports triton or fastgpt's
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("FASTGPT_CUDA_EMULATE", "1")
 
-from fastgpt.ops._backend import available_backends, triton_interpreted  # noqa: E402
+from fastgpt.ops._backend import available_backends  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CUDA_EMULATED = DEVICE == "cpu" and os.environ.get("FASTGPT_CUDA_EMULATE") == "1"
@@ -88,27 +85,6 @@ def _assert_err_close(
         f"{name}: max error {err:.3e} (mean {diff.mean().item():.3e}) exceeds {factor} * torch's {torch_err:.3e}"
         f" + atol {atol:.3e} = {bound:.3e}"
     )
-
-
-def _load_triton_bf16() -> ModuleType:
-    """tests/ops/triton_bf16.py as a module (the suite imports in importlib mode: no package here)."""
-    if "triton_bf16" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("triton_bf16", Path(__file__).with_name("triton_bf16.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["triton_bf16"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["triton_bf16"]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def triton_bf16() -> ModuleType | None:
-    """Under the Triton interpreter, bf16 computed by value for the whole session (tests/ops/triton_bf16.py);
-    the shim module, or None where Triton runs compiled (or not at all)."""
-    if DEVICE != "cpu" or not triton_interpreted() or available_backends("cpu")["triton"] is not None:
-        return None
-    shim = _load_triton_bf16()
-    shim.activate()
-    return shim
 
 
 @pytest.fixture(params=BACKENDS)
