@@ -45,6 +45,11 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("A10", 125e12), ("4090", 165e12),
 ]
 
+# our kernels' providers; "triton-eager" and the like are ours too
+OUR_PROVIDERS = ("triton", "cuda")
+# how our kernel modules word a refusal of unsupported inputs: "<op> (<backend>): <reason>"
+_REFUSAL = re.compile(r"^\w+ \((triton|cuda)\): ")
+
 # do_bench windows (ms): sweeps use short ones, the shapes behind the summary keys the defaults
 SWEEP_WINDOW = (10, 30)
 HEADLINE_WINDOW = (25, 100)
@@ -64,6 +69,7 @@ class Env:
     start: float = field(default_factory=time.perf_counter)
     info: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)  # our providers that crashed
 
     @property
     def cuda(self) -> bool:
@@ -198,16 +204,49 @@ def bench(fn: Callable[[], Any], env: Env, grad_to_none: Iterable[torch.Tensor] 
     return statistics.median(times)
 
 
+def is_ours(provider: str) -> bool:
+    return provider.split("-")[0] in OUR_PROVIDERS
+
+
+def cannot_run_here(exc: BaseException) -> bool:
+    """True when ``exc`` says a provider cannot run here (its backend is unavailable, our kernel
+    refuses the inputs with its reason, the GPU is out of memory), not that it is broken."""
+    from fastgpt.ops import BackendUnavailable
+
+    if isinstance(exc, (BackendUnavailable, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, ValueError) and _REFUSAL.match(str(exc)) is not None
+
+
 def guarded(env: Env, provider: str, where: str, fn: Callable[[], Any]) -> Any | None:
-    """``fn()``, or None with a note when it raises (a provider failing never ends the script)."""
+    """``fn()``, or None when it raises; the script goes on with the other providers.
+
+    A baseline's exception, or one of ours that :func:`cannot_run_here`, is a note (``skipped``).
+    Any other exception of our providers (triton, cuda) is a crash: its traceback is printed, it
+    is recorded in ``env.failures`` and :func:`finish` then exits 1.
+    """
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - any failure of one provider is a note, not a crash
-        if os.environ.get("FASTGPT_BENCH_TRACEBACK") == "1":
+    except Exception as exc:  # noqa: BLE001 - sorted below into notes and crashes
+        reason = f"{type(exc).__name__}: {exc}"
+        if is_ours(provider) and not cannot_run_here(exc):
             traceback.print_exc()
-        env.skip(provider, f"{type(exc).__name__}: {exc}", where)
+            print(f"  FAILED {provider} at {where}: {' '.join(reason.split())[:400]}", flush=True)
+            env.failures.append({"provider": provider, "reason": reason, "where": where})
+        else:
+            if os.environ.get("FASTGPT_BENCH_TRACEBACK") == "1":
+                traceback.print_exc()
+            env.skip(provider, reason, where)
         release_memory()
         return None
+
+
+def exit_if_failed(env: Env) -> None:
+    """Exit 1, naming them, when any of our providers crashed."""
+    if env.failures:
+        crashed = ", ".join(f"{f['provider']} at {f['where']}" for f in env.failures)
+        print(f"error: our providers crashed: {crashed}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def time_modes(env: Env, provider: str, where: str, forward: Callable[[], torch.Tensor], dout: torch.Tensor,
@@ -352,7 +391,8 @@ def _slug(text: str) -> str:
 def finish(env: Env, bench_name: str, rows: list[dict[str, Any]], summary: dict[str, float | None],
            ceilings: dict[str, Any], plot: Callable[[Any, list[dict[str, Any]]], None] | None,
            extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``<bench>-<gpu>-<date>.{json,csv,png}`` under ``env.out``; print the summary keys."""
+    """Write ``<bench>-<gpu>-<date>.{json,csv,png}`` under ``env.out``; print the summary keys; then
+    exit 1 if any of our providers crashed (:func:`exit_if_failed`)."""
     env.out.mkdir(parents=True, exist_ok=True)
     gpu = _slug(env.info["device"].split(" (")[0])
     stamp = dt.datetime.fromisoformat(env.info["date"]).strftime("%Y%m%d-%H%M%S")
@@ -362,7 +402,7 @@ def finish(env: Env, bench_name: str, rows: list[dict[str, Any]], summary: dict[
         "bench": bench_name, **env.info, "quick": env.quick, "full": env.full, "argv": sys.argv[1:],
         "ceilings": ceilings, "summary": summary,
         "targets": {k: SUMMARY_TARGETS[k][0] for k in summary},
-        "rows": rows, "skipped": env.skipped, **(extra or {}),
+        "rows": rows, "skipped": env.skipped, "failures": env.failures, **(extra or {}),
     }
     paths["json"].write_text(json.dumps(doc, indent=1, default=str) + "\n")
     keys: list[str] = []
@@ -396,6 +436,7 @@ def finish(env: Env, bench_name: str, rows: list[dict[str, Any]], summary: dict[
         verdict = "n/a" if met is None else "met" if met else "not met"
         print(f"{key:36s} {_fmt(value):>8s}  (target >= {target}; {verdict})")
     print("\nwrote " + ", ".join(str(p) for p in paths.values()), flush=True)
+    exit_if_failed(env)
     return paths
 
 

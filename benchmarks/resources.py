@@ -40,7 +40,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastgpt.ops.triton import adamw, flash_attention, rms_norm  # noqa: E402
+from fastgpt.ops.triton import flash_attention, fused_adamw, rms_norm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMEM_PER_BLOCK = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes, opt-in maximum per block
@@ -91,7 +91,8 @@ def rms_norm_jobs() -> list[dict[str, Any]]:
 
 
 def adamw_jobs() -> list[dict[str, Any]]:
-    return [dict(op="adamw", kernel="step", size=adamw._BLOCK, dtype=dtype, causal=None, config=(adamw._BLOCK, 8))
+    return [dict(op="adamw", kernel="step", size=fused_adamw._BLOCK, dtype=dtype, causal=None,
+                 config=(fused_adamw._BLOCK, 8))
             for dtype in ("fp32", "bf16", "fp16")]
 
 
@@ -125,7 +126,7 @@ def _compile(job: dict[str, Any], arch: int) -> Any:
         pointers = {"Ptrs": "*i64", "Numels": "*i64", "ChunkTensor": "*i32", "ChunkStart": "*i64", "Lr": "*fp32"}
         floats = ("lr", "one_minus_beta1", "one_minus_beta2", "beta2", "log_beta1", "log_beta2", "eps", "weight_decay")
         consts = dict(P_DTYPE=TL_DTYPE[dtype], G_DTYPE=TL_DTYPE[dtype], LR_IS_TENSOR=True, MAXIMIZE=False, BLOCK=block)
-        src = _source(adamw._adamw_fwd_kernel, pointers, floats, consts)
+        src = _source(fused_adamw._fused_adamw_kernel, pointers, floats, consts)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
 
 

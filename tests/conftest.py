@@ -1,14 +1,21 @@
-"""Shared test set-up: Triton's CPU interpreter when there is no GPU, and the local data folder.
+"""Shared test set-up: Triton's CPU interpreter and the CUDA emulator when there is no GPU, and the
+local data folder.
 
-``TRITON_INTERPRET`` must be set before any Triton kernel is defined, so it is set here, before
-test modules import fastgpt's kernels.
+Without a CUDA device, ``TRITON_INTERPRET=1`` (Triton kernels run in its CPU interpreter) and
+``FASTGPT_CUDA_EMULATE=1`` (``backend="cuda"`` runs the csrc/ kernels built as host C++ on CPU
+tensors) are set by default, here, before test modules import fastgpt's kernels (TRITON_INTERPRET
+is read when triton is imported). Set either to 0 to test without it. Under the interpreter, the
+session fixture ``triton_bf16`` makes it compute bf16 by value (tests/ops/triton_bf16.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -17,8 +24,34 @@ from fastgpt.cli import run
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("FASTGPT_CUDA_EMULATE", "1")
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def _load_triton_bf16() -> ModuleType:
+    """tests/ops/triton_bf16.py as a module (the suite imports in importlib mode: no packages here)."""
+    if "triton_bf16" not in sys.modules:
+        path = Path(__file__).parent / "ops" / "triton_bf16.py"
+        spec = importlib.util.spec_from_file_location("triton_bf16", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["triton_bf16"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["triton_bf16"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def triton_bf16() -> ModuleType | None:
+    """Under the Triton interpreter, bf16 computed by value for the whole session (the test-only shim
+    tests/ops/triton_bf16.py); the shim module, or None where Triton runs compiled or is absent."""
+    from fastgpt.ops._backend import triton_interpreted, unavailable_reason
+
+    if torch.cuda.is_available() or not triton_interpreted() or unavailable_reason("triton", torch.device("cpu")):
+        return None
+    shim = _load_triton_bf16()
+    shim.activate()
+    return shim
 
 
 @pytest.fixture(scope="session")

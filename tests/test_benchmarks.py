@@ -1,5 +1,6 @@
 """The benchmark scripts run (--quick: tiny sizes, reference + Triton-interpreter providers on CPU)
-and write well-formed JSON, CSV and PNG files; summary.py merges them.
+and write well-formed JSON, CSV and PNG files; summary.py merges them. A crash of one of our
+providers (triton, cuda) fails the run; only "cannot run here" is a note.
 
 The four scripts start together as subprocesses (each pays for its own torch import, so running
 them side by side keeps the whole file near the slowest one).
@@ -15,6 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from fastgpt.ops import BackendUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
@@ -27,7 +31,7 @@ SUMMARY_KEYS = {
 }
 ROW_FIELDS = {"bench", "provider", "ours", "mode", "ms", "value", "unit", "fraction_of_ceiling", "vs_best_baseline"}
 STAMP_FIELDS = {"device", "driver", "torch", "triton", "cuda", "commit", "date", "rows", "summary", "ceilings",
-                "skipped", "quick"}
+                "skipped", "failures", "quick"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +70,7 @@ def test_quick_run_writes_results(quick_runs, name: str) -> None:
     doc = json.loads(_only(out, f"{name}-*-quick.json").read_text())
     assert STAMP_FIELDS <= doc.keys()
     assert doc["bench"] == name and doc["quick"] is True
+    assert doc["failures"] == []
     assert doc["ceilings"]["matmul_tflops"] > 0 and doc["ceilings"]["copy_gbps"] > 0
     assert set(doc["summary"]) == SUMMARY_KEYS[name]
     rows = doc["rows"]
@@ -93,6 +98,58 @@ def test_quick_runs_time_the_triton_interpreter(quick_runs) -> None:
         doc = json.loads(matches[0].read_text())
         ours = [r for r in doc["rows"] if r["provider"] == "triton"]
         assert ours or any(s["provider"] == "triton" for s in doc["skipped"]), f"{name}: triton neither ran nor noted"
+        for note in doc["skipped"]:  # a note on one of ours says only that it cannot run here
+            if note["provider"].split("-")[0] in ("triton", "cuda"):
+                assert not note["reason"].startswith(("RuntimeError", "InterpreterError", "TypeError")), note
+
+
+@pytest.fixture
+def common(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import common
+
+    return common
+
+
+def _env(common, tmp_path: Path):
+    return common.Env(device=torch.device("cpu"), quick=True, full=False, compile=False, out=tmp_path,
+                      interpreted=True)
+
+
+def _raise(exc: Exception):
+    def fn():
+        raise exc
+
+    return fn
+
+
+def test_a_crash_of_our_provider_fails_the_run(common, tmp_path: Path, capsys) -> None:
+    env = _env(common, tmp_path)
+    for provider in ("triton", "cuda", "triton-eager"):
+        assert common.guarded(env, provider, "T=24", _raise(RuntimeError("illegal memory access"))) is None
+    assert [f["provider"] for f in env.failures] == ["triton", "cuda", "triton-eager"] and not env.skipped
+    with pytest.raises(SystemExit) as stop:
+        common.exit_if_failed(env)
+    assert stop.value.code == 1
+    assert "our providers crashed: triton at T=24, cuda at T=24" in capsys.readouterr().err
+
+
+def test_cannot_run_here_is_a_note(common, tmp_path: Path) -> None:
+    env = _env(common, tmp_path)
+    notes = [
+        ("cuda", BackendUnavailable("backend 'cuda' is unavailable: the CUDA extension fastgpt._C is not built")),
+        ("cuda", ValueError("flash_attention (cuda): dtype torch.float32 is not supported (float16, bfloat16)")),
+        ("triton", ValueError("fused_adamw_ (triton): params[0] has dtype torch.float64")),
+        ("reference-compile", RuntimeError("a baseline's own failure")),
+        ("liger", ImportError("No module named 'liger_kernel'")),
+    ]
+    for provider, exc in notes:
+        assert common.guarded(env, provider, "T=24", _raise(exc)) is None
+    assert env.failures == [] and len(env.skipped) == len(notes)
+    common.exit_if_failed(env)  # returns
+    # a ValueError that is not our kernels' refusal is a crash
+    common.guarded(env, "triton", "T=24", _raise(ValueError("operands could not be broadcast together")))
+    assert len(env.failures) == 1
 
 
 def test_summary_merges_latest_results(quick_runs) -> None:

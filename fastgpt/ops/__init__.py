@@ -107,7 +107,7 @@ def fused_adamw_(
     """One in-place AdamW step over lists of tensors (``steps`` already incremented)."""
     if not params:
         return
-    impl = resolve_backend(backend, "adamw", params[0].device, params)
+    impl = resolve_backend(backend, "fused_adamw", params[0].device, params)
     impl.fused_adamw_(
         params, grads, exp_avgs, exp_avg_sqs, steps,
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,

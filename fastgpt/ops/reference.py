@@ -29,8 +29,8 @@ def flash_attention(
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     # view query heads as (Hkv, group) so each K/V head serves its group without a copy
     qg = q.to(compute).reshape(B, Hkv, Hq // Hkv, T, D)  # (B, Hkv, G, T, D)
-    kf = k.to(compute).unsqueeze(2)  # (B, Hkv, 1, T, D)
-    vf = v.to(compute).unsqueeze(2)  # (B, Hkv, 1, T, D)
+    kf = k.to(compute).unsqueeze(2)  # (B, Hkv, 1, S, D)
+    vf = v.to(compute).unsqueeze(2)  # (B, Hkv, 1, S, D)
     att = (qg @ kf.transpose(-2, -1)) * scale  # (B, Hkv, G, T, S)
     if causal:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1 + S - T)

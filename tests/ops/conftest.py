@@ -1,25 +1,41 @@
-"""Shared fixtures for the op tests: which backends to test, skips, and error checks.
+"""Shared fixtures for the op tests: which backends to test, skips, bf16 on CPU, and error checks.
 
 Add a backend to ``BACKENDS`` and every op test runs on it (skipped, with the reason, where it
-cannot run). Triton runs on CPU only under ``TRITON_INTERPRET=1``, which must be set before
-triton is imported (the root conftest does it when CUDA is unavailable).
+cannot run). Triton runs on CPU only under ``TRITON_INTERPRET=1`` and the CUDA kernels only under
+``FASTGPT_CUDA_EMULATE=1``; both must be set before fastgpt's kernels load (the root conftest sets
+them when CUDA is unavailable). Under emulation the ``cuda`` rows run twice, once per emulator
+schedule: ``cuda`` (threads in turn, asynchronous copies landing late) and ``cuda-ahead`` (one warp
+running ahead, copies landing at once).
+
+Inputs a backend refuses are skipped with the kernel's own ``unsupported_reason``
+(:func:`skip_unsupported`), so no row fails because a test asked for something unsupported.
+Under the Triton interpreter, bf16 is computed by value: the root conftest's ``triton_bf16``
+fixture activates the test-only shim tests/ops/triton_bf16.py for the session.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # before anything imports triton (the root conftest does the same)
+if not torch.cuda.is_available():  # before anything imports triton or fastgpt's kernels (as the root conftest)
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("FASTGPT_CUDA_EMULATE", "1")
 
-from fastgpt.ops._backend import available_backends, triton_interpreted  # noqa: E402
+from fastgpt.ops._backend import available_backends  # noqa: E402
 
-BACKENDS = ["torch", "triton", "cuda"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CUDA_EMULATED = DEVICE == "cpu" and os.environ.get("FASTGPT_CUDA_EMULATE") == "1"
+# test id -> (backend, emulator schedule or None)
+_ROWS = {"torch": ("torch", None), "triton": ("triton", None), "cuda": ("cuda", None)}
+if CUDA_EMULATED:
+    _ROWS |= {"cuda": ("cuda", "interleaved"), "cuda-ahead": ("cuda", "ahead")}
+BACKENDS = list(_ROWS)
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]  # ours: the rows with an unsupported_reason
 
 
 def _backend_or_skip(name: str, device: str = DEVICE) -> str:
@@ -30,11 +46,17 @@ def _backend_or_skip(name: str, device: str = DEVICE) -> str:
     return name
 
 
-def _dtype_or_skip(dtype: torch.dtype, device: str = DEVICE) -> torch.dtype:
-    """``dtype`` when kernels can be tested in it on ``device``; bf16 needs CUDA."""
-    if dtype == torch.bfloat16 and (device != "cuda" or triton_interpreted()):
-        pytest.skip("bfloat16 is tested on CUDA only (the Triton interpreter computes it wrongly)")
-    return dtype
+def skip_unsupported(backend: str, op: str, *args: object) -> None:
+    """Skip, with the kernel's own reason, inputs that ``backend``'s ``op`` kernel refuses.
+
+    ``op`` names the kernel module (``flash_attention``, ``rms_norm``, ``fused_adamw``); ``args``
+    are what its ``unsupported_reason`` takes. The torch backend takes every input.
+    """
+    if backend == "torch":
+        return
+    reason = importlib.import_module(f"fastgpt.ops.{backend}.{op}").unsupported_reason(*args)
+    if reason is not None:
+        pytest.skip(f"{backend} {op} refuses these inputs: {reason}")
 
 
 # floor of the absolute tolerance, for results PyTorch happens to get exactly (e.g. a zero gradient)
@@ -66,9 +88,23 @@ def _assert_err_close(
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """Each backend in ``BACKENDS`` that runs here."""
-    return _backend_or_skip(request.param)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend in ``BACKENDS`` that runs here (``cuda-ahead`` is ``cuda`` under the other schedule)."""
+    name, schedule = _ROWS[request.param]
+    _backend_or_skip(name)
+    if schedule is not None:
+        monkeypatch.setenv("FASTGPT_CUDA_EMULATE_SCHEDULE", schedule)
+    return name
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each of our kernel backends (triton, cuda, and cuda-ahead under emulation) that runs here."""
+    name, schedule = _ROWS[request.param]
+    _backend_or_skip(name)
+    if schedule is not None:
+        monkeypatch.setenv("FASTGPT_CUDA_EMULATE_SCHEDULE", schedule)
+    return name
 
 
 @pytest.fixture
@@ -81,9 +117,9 @@ def backend_or_skip() -> Callable[..., str]:
     return _backend_or_skip
 
 
-@pytest.fixture
-def dtype_or_skip() -> Callable[..., torch.dtype]:
-    return _dtype_or_skip
+@pytest.fixture(name="skip_unsupported")
+def skip_unsupported_fixture() -> Callable[..., None]:
+    return skip_unsupported
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ How:
   under ``TRITON_INTERPRET=1`` one fixed small configuration is used.
 
 Limits: CUDA tensors (CPU tensors only under the Triton interpreter); q, k, v of one dtype among
-fp16, bf16, fp32 (bf16 not under the interpreter); head dim <= 256; k/v as long as q (no KV-cache
-decoding: S == T); per-head extents below 2^31 elements. fp32 inputs use IEEE fp32 dot products
+fp16, bf16, fp32 (bf16 under the interpreter only where it computes bf16 by value, see
+:func:`fastgpt.ops.triton.interpreter_bf16_problem`); head dim <= 256; k/v as long as q (no
+KV-cache decoding: S == T); per-head extents below 2^31 elements. fp32 inputs use IEEE fp32 dot products
 (no TF32) so they are as accurate as PyTorch's fp32 attention, and slow. Outside these limits
 :func:`flash_attention` raises ``ValueError`` and :func:`unsupported_reason` names the reason
 (``backend="auto"`` then falls back to the reference). Not twice differentiable.
@@ -47,6 +48,7 @@ from torch.library import triton_op, wrap_triton
 
 from fastgpt.ops._backend import triton_interpreted
 from fastgpt.ops._checks import attention_shapes_problem, attention_tensors_problem
+from fastgpt.ops.triton import interpreter_bf16_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
 _INTERPRET = triton_interpreted()
@@ -569,8 +571,8 @@ def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         return f"tensors are on {q.device}; the Triton kernels need CUDA (or CPU under TRITON_INTERPRET=1)"
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
         return f"dtypes ({q.dtype}, {k.dtype}, {v.dtype}) must all be one of float16, bfloat16, float32"
-    if q.dtype == torch.bfloat16 and _INTERPRET:
-        return "bfloat16 is not supported by the Triton interpreter"
+    if q.dtype == torch.bfloat16 and _INTERPRET and interpreter_bf16_problem():
+        return interpreter_bf16_problem()
     reason = attention_shapes_problem(q, k, v)
     if reason is not None:
         return reason

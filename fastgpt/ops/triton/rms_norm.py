@@ -15,8 +15,9 @@ one per row) and the backward re-reads h. The backward runs a fixed number of pr
 looping over rows with a stride, and accumulates its partial dweight in fp32; the partials are
 written to a (programs, N) buffer and summed by a second reduction. No atomics: deterministic.
 
-Limits: CUDA tensors (CPU only under ``TRITON_INTERPRET=1``); x in fp16, bf16 or fp32 (bf16 not
-under the interpreter), any shape (..., N) with 1 <= N <= 65536 (non-contiguous inputs are
+Limits: CUDA tensors (CPU only under ``TRITON_INTERPRET=1``); x in fp16, bf16 or fp32 (bf16
+under the interpreter only where it computes bf16 by value, see
+:func:`fastgpt.ops.triton.interpreter_bf16_problem`), any shape (..., N) with 1 <= N <= 65536 (non-contiguous inputs are
 copied to rows); weight None (no affine) or (N,) in any of those dtypes; residual like x.
 Outputs are in x's dtype, dweight in weight's dtype. Outside the limits :func:`rms_norm` raises
 ``ValueError`` and :func:`unsupported_reason` says why. Not twice differentiable.
@@ -34,6 +35,7 @@ from torch.library import triton_op, wrap_triton
 
 from fastgpt.ops._backend import triton_interpreted
 from fastgpt.ops._checks import residual_problem, rms_norm_shapes_problem
+from fastgpt.ops.triton import interpreter_bf16_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
 _INTERPRET = triton_interpreted()
@@ -292,8 +294,8 @@ def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
     for name, t in (("x", x), ("weight", weight)):
         if t is not None and t.dtype not in _DTYPES:
             return f"{name}'s dtype {t.dtype} is not supported (float16, bfloat16, float32)"
-    if _INTERPRET and torch.bfloat16 in (x.dtype, getattr(weight, "dtype", None)):
-        return "bfloat16 is not supported by the Triton interpreter"
+    if _INTERPRET and torch.bfloat16 in (x.dtype, getattr(weight, "dtype", None)) and interpreter_bf16_problem():
+        return interpreter_bf16_problem()
     return None
 
 

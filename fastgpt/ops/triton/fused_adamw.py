@@ -23,7 +23,8 @@ Because the kernel reads raw addresses, the op is an opaque ``torch.library.cust
 (``fastgpt::fused_adamw_triton``), not a ``triton_op``: ``torch.compile`` keeps it as one call.
 
 Limits: CUDA tensors (CPU only under ``TRITON_INTERPRET=1``, where the address tables work on host
-memory); params and grads in fp32, fp16 or bf16 (bf16 not under the interpreter), grads and
+memory); params and grads in fp32, fp16 or bf16 (bf16 under the interpreter only where it
+computes bf16 by value, see :func:`fastgpt.ops.triton.interpreter_bf16_problem`), grads and
 params of matching shape and strides, dense (contiguous or another non-overlapping layout
 shared by the four tensors); exp_avg and exp_avg_sq fp32 like the param; steps scalar tensors
 (fp32 ones on the params' device are read in place, others are first copied there);
@@ -43,6 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.ops._backend import triton_interpreted
+from fastgpt.ops.triton import interpreter_bf16_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
 _INTERPRET = triton_interpreted()
@@ -64,7 +66,7 @@ def _one_minus_pow(
 
 
 @triton.jit
-def _adamw_fwd_kernel(
+def _fused_adamw_kernel(
     Ptrs,  # int64 (5, N_TENSORS): addresses of params, grads, exp_avgs, exp_avg_sqs, steps
     Numels,  # int64 (N_TENSORS,): elements of each tensor
     ChunkTensor,  # int32 (programs,): the tensor each program updates
@@ -186,7 +188,7 @@ def fused_adamw_op(
         ptrs = _pointer_table(
             tuple(ts[i].data_ptr() for ts in (params, grads, exp_avgs, exp_avg_sqs, steps) for i in idx), device
         )
-        _adamw_fwd_kernel[(chunk_tensor.numel(),)](
+        _fused_adamw_kernel[(chunk_tensor.numel(),)](
             ptrs, numels, chunk_tensor, chunk_start, lr_tensor if lr_tensor is not None else numels,
             lr, 1.0 - beta1, 1.0 - beta2, beta2, log_beta1, log_beta2, eps, weight_decay, len(idx),
             P_DTYPE=_DTYPES[p_dtype], G_DTYPE=_DTYPES[g_dtype], LR_IS_TENSOR=lr_tensor is not None,
@@ -210,8 +212,8 @@ def unsupported_reason(params: list[Tensor]) -> str | None:
             return f"params are on several devices ({params[0].device}, {p.device})"
         if p.dtype not in _DTYPES:
             return f"params[{i}] has dtype {p.dtype}; supported: float32, float16, bfloat16"
-        if p.dtype == torch.bfloat16 and _INTERPRET:
-            return "bfloat16 is not supported by the Triton interpreter"
+        if p.dtype == torch.bfloat16 and _INTERPRET and interpreter_bf16_problem():
+            return interpreter_bf16_problem()
         if not _is_dense(p):
             return f"params[{i}] is not dense in memory (strides {p.stride()} for shape {tuple(p.shape)})"
     return None
@@ -226,8 +228,10 @@ def _check(params, grads, exp_avgs, exp_avg_sqs, steps, beta1: float, beta2: flo
     if reason is not None:
         return reason
     for i, (p, g, m, v, s) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True)):
-        if g.dtype not in _DTYPES or (g.dtype == torch.bfloat16 and _INTERPRET):
+        if g.dtype not in _DTYPES:
             return f"grads[{i}] has unsupported dtype {g.dtype}"
+        if g.dtype == torch.bfloat16 and _INTERPRET and interpreter_bf16_problem():
+            return f"grads[{i}]: {interpreter_bf16_problem()}"
         for name, t in (("grads", g), ("exp_avgs", m), ("exp_avg_sqs", v)):
             if t.shape != p.shape or t.device != p.device or (p.numel() > 1 and t.stride() != p.stride()):
                 return f"{name}[{i}] ({tuple(t.shape)}, strides {t.stride()}, {t.device}) must match its param"
