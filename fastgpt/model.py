@@ -178,15 +178,15 @@ class GPT(nn.Module):
     @classmethod
     def from_hf(cls, model_or_path: object, **overrides: object) -> GPT:
         """A GPT holding a Hugging Face GPT-2 or Llama model's weights: an instance, a local folder or a
-        hub id (``fastgpt.hf.from_hf``); ``overrides`` may set backends and dropouts."""
-        from fastgpt.hf import from_hf
+        hub id (``fastgpt.hf.convert.from_hf``); ``overrides`` may set backends and dropouts."""
+        from fastgpt.hf.convert import from_hf
 
         return from_hf(model_or_path, **overrides)
 
     def to_hf(self, path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> list[str]:
         """Write a Hugging Face model folder (GPT2LMHeadModel or LlamaForCausalLM, plus the tokenizer's
-        files where it has a HF equivalent); returns the file names (``fastgpt.hf.to_hf``)."""
-        from fastgpt.hf import to_hf
+        files where it has a HF equivalent); returns the file names (``fastgpt.hf.convert.to_hf``)."""
+        from fastgpt.hf.convert import to_hf
 
         return to_hf(self, path, tokenizer)
 

@@ -1,7 +1,7 @@
-"""``python -m fastgpt.export --checkpoint DIR --out PATH``: a checkpoint as a Hugging Face model folder.
+"""``python -m fastgpt export --checkpoint DIR --out PATH``: a checkpoint as a Hugging Face model folder.
 
 Writes config.json and model.safetensors (``GPT2LMHeadModel`` or ``LlamaForCausalLM``, see
-``fastgpt.hf``) and, where the tokenizer has a HF equivalent (tiktoken encodings, HF
+``fastgpt.hf.convert``) and, where the tokenizer has a HF equivalent (tiktoken encodings, HF
 ``tokenizers``), tokenizer.json and tokenizer_config.json, so that
 ``AutoModelForCausalLM.from_pretrained(PATH)`` and ``AutoTokenizer.from_pretrained(PATH)`` load it.
 Char and byte tokenizers are skipped with a note.
@@ -14,10 +14,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastgpt.checkpoint import load
-    from fastgpt.hf import hf_architecture, to_hf
+    from fastgpt.hf.convert import hf_architecture, to_hf
+    from fastgpt.train.checkpoint import load
 
-    p = argparse.ArgumentParser(prog="python -m fastgpt.export",
+    p = argparse.ArgumentParser(prog="python -m fastgpt export",
                                 description="Write a checkpoint as a Hugging Face model folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to write")
@@ -33,6 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastgpt.cli import run
+    from fastgpt.__main__ import run
 
     run(main)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import fastgpt
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.generate import generate
 from fastgpt.optim import FusedAdamW
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import resolve_checkpoint
 
 TINY = [
     "model.n_layer=2",

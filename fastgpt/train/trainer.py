@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastgpt import checkpoint as ckpt
 from fastgpt.config import Config, build_config, load_config, parse_override
 from fastgpt.data import PreparedData, prepare_data
-from fastgpt.distributed import (
+from fastgpt.generate import generate
+from fastgpt.model import GPT
+from fastgpt.train import checkpoint as ckpt
+from fastgpt.train.distributed import (
     DistEnv,
     collective_failure,
     gather_objects,
@@ -40,11 +42,9 @@ from fastgpt.distributed import (
     teardown,
     wrap_ddp,
 )
-from fastgpt.generate import generate
-from fastgpt.metrics import MetricsLog
-from fastgpt.model import GPT
-from fastgpt.recipes import default_recipe
-from fastgpt.schedule import make_scheduler
+from fastgpt.train.metrics import MetricsLog
+from fastgpt.train.recipes import default_recipe
+from fastgpt.train.schedule import make_scheduler
 
 MAX_NONFINITE_IN_A_ROW = 5
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -119,7 +119,7 @@ class Trainer:
 
     def _from_hf(self) -> GPT:
         """The Hugging Face model of ``train.init_from``; its config replaces model.* (backends kept)."""
-        from fastgpt.hf import from_hf
+        from fastgpt.hf.convert import from_hf
 
         init, m, tok = self.cfg.train.init_from, self.cfg.model, self.data.tokenizer
         model = from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
@@ -133,8 +133,8 @@ class Trainer:
     def _load_benchmarks(self) -> dict[str, list]:
         """``eval.num_samples`` questions of each ``eval.mcq_benchmarks`` task, on the ranks that score
         them (rank 0; every rank under FSDP, whose forward needs them all), checked to encode."""
-        from fastgpt.mcq import encode_pair
-        from fastgpt.tasks import get_task, load_items
+        from fastgpt.eval.mcq import encode_pair
+        from fastgpt.eval.tasks import get_task, load_items
 
         e = self.cfg.eval
         for task in e.mcq_benchmarks:
@@ -415,8 +415,8 @@ class Trainer:
         return False
 
     def _score_benchmarks(self) -> dict[str, float]:
-        """``{task}_acc`` and ``{task}_acc_norm`` of every loaded benchmark (``fastgpt.mcq``)."""
-        from fastgpt.mcq import evaluate_mcq
+        """``{task}_acc`` and ``{task}_acc_norm`` of every loaded benchmark (``fastgpt.eval.mcq``)."""
+        from fastgpt.eval.mcq import evaluate_mcq
 
         scores = {}
         with self.autocast:
@@ -513,8 +513,3 @@ def main(argv: list[str] | None = None) -> int:
         teardown()
     return 0
 
-
-if __name__ == "__main__":
-    from fastgpt.cli import run
-
-    run(main)

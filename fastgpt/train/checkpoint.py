@@ -18,7 +18,7 @@ by the pointer files (replaced atomically), so a crash or ``kill -9`` at any mom
 previous checkpoint loadable. Older checkpoints are deleted once the pointers moved on.
 
 DCP reshards on load, so a sharded checkpoint resumes on any number of ranks (one process too),
-``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt.checkpoint_convert``)
+``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt convert``)
 turns it into the single-file form.
 """
 

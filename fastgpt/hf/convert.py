@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fastgpt.hf_tokenizer import hf_tokenizer
+from fastgpt.hf.tokenizer_files import hf_tokenizer
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizers import Tokenizer
 
@@ -264,7 +264,7 @@ def to_hf(model: GPT, path: str | os.PathLike, tokenizer: Tokenizer | None = Non
     """Write a HF model folder that ``AutoModelForCausalLM.from_pretrained`` loads; return its file names.
 
     config.json and model.safetensors, plus the tokenizer files when ``tokenizer`` has a HF
-    equivalent (see ``fastgpt.hf_tokenizer``). Options HF cannot express raise ValueError first.
+    equivalent (see ``fastgpt.hf.tokenizer_files``). Options HF cannot express raise ValueError first.
     """
     config = hf_config(model.config, tokenizer.eot_id if tokenizer is not None else None)
     path = Path(path)
