@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastgpt.hf.convert import hf_architecture, to_hf
+    from fastgpt.hf.convert import hf_architecture
     from fastgpt.train.checkpoint import load
 
     p = argparse.ArgumentParser(prog="python -m fastgpt export",
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model, tokenizer = load(args.checkpoint)
     arch = hf_architecture(model.config)  # refuses what HF cannot express, before writing anything
-    files = to_hf(model, args.out, tokenizer)
+    files = model.to_hf(args.out, tokenizer)
     print(f"wrote a {arch} to {args.out}: {', '.join(files)}")
     if not any(f.startswith("tokenizer") for f in files):
         print(f"note: the {tokenizer.name} tokenizer has no Hugging Face equivalent; no tokenizer files written",

@@ -38,7 +38,8 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
-from fastgpt.model import GPT, GPTConfig
+from fastgpt.config import GPTConfig
+from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
 
 POINTERS = ("latest", "best")

@@ -119,10 +119,8 @@ class Trainer:
 
     def _from_hf(self) -> GPT:
         """The Hugging Face model of ``train.init_from``; its config replaces model.* (backends kept)."""
-        from fastgpt.hf.convert import from_hf
-
         init, m, tok = self.cfg.train.init_from, self.cfg.model, self.data.tokenizer
-        model = from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
+        model = GPT.from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
         if model.config.vocab_size != tok.vocab_size:
             raise ValueError(f"train.init_from={init!r} has a vocabulary of {model.config.vocab_size} tokens but "
                              f"data.tokenizer={self.cfg.data.tokenizer!r} has {tok.vocab_size}; use the tokenizer "
