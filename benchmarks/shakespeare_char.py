@@ -97,11 +97,12 @@ def interleaved_steps(data: Path, steps: int) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import nanogpt_baseline
 
+    from fastgpt.config import load_config
     from fastgpt.train.distributed import setup, teardown
-    from fastgpt.train.trainer import Trainer, resolve_config
+    from fastgpt.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = resolve_config(str(ROOT / "configs" / "baby-shakespeare.yaml"),
+        cfg = load_config(str(ROOT / "configs" / "baby-shakespeare.yaml"),
                              [f"data.dataset={data}", f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out"])
         trainer = Trainer(cfg, setup("cpu"))
         base = nanogpt_baseline.Run(str(data), seed=cfg.train.seed, max_iters=cfg.train.max_iters)

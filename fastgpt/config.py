@@ -240,11 +240,14 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read a YAML config (else ``base``, else the defaults), apply ``section.key=value`` overrides, validate."""
     raw: dict[str, dict[str, Any]] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    elif base is not None:
+        raw = {section: dict(values) for section, values in base.items()}
     for item in overrides or []:
         section, key, value = parse_override(item)
         if raw.get(section) is None:
