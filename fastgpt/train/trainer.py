@@ -1,4 +1,4 @@
-"""``python -m fastgpt.train [--config FILE] [--resume] [section.key=value ...]``
+"""``python -m fastgpt.train [--config FILE | --recipe cpu|gpu] [--resume] [section.key=value ...]``
 
 Prepares the data, builds the model, and trains it: AdamW with warmup and a decay schedule,
 gradient accumulation and clipping, mixed precision, periodic evaluation, ``metrics.jsonl`` and
@@ -318,12 +318,16 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1])
-    p.add_argument("--config", help="a YAML config (default: Shakespeare sized for this machine)")
+    p.add_argument("--config", help="a YAML config (default: a built-in recipe, see --recipe)")
+    p.add_argument("--recipe", choices=("cpu", "gpu"),
+                   help="the built-in Shakespeare recipe used without --config (default: gpu when CUDA is available)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
-    # no --config: the machine's default recipe (fastgpt.train.recipes)
-    cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe())
+    if args.config and args.recipe:
+        raise ValueError("give --config FILE or --recipe NAME, not both")
+    # no --config: a built-in recipe (fastgpt.train.recipes)
+    cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe(args.recipe))
     env = setup(cfg.train.device)
     try:
         trainer = Trainer(cfg, env, resume=args.resume)
