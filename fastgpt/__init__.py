@@ -17,6 +17,6 @@ __all__ = ["GPT", "GPTConfig", "__version__", "load"]
 
 def load(path: str, device: str | torch.device = "cpu", which: str = "best") -> tuple[GPT, Tokenizer]:
     """``(model, tokenizer)`` from a run's out_dir (its ``best`` checkpoint) or a checkpoint folder."""
-    from fastgpt.checkpoint import load as load_checkpoint
+    from fastgpt.train.checkpoint import load as load_checkpoint
 
     return load_checkpoint(path, device=device, which=which)
