@@ -41,6 +41,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     sample_tokens: int = 200  # tokens of text sampled at the end of training (0 = none)
     init_from: str = "scratch"  # scratch | hf:PATH_OR_HUB_ID (a Hugging Face GPT-2 or Llama; sets model.*)
+    overwrite: bool = False  # a new run may replace the run already in out_dir (else it is refused)
 
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))

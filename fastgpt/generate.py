@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context every step")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="also read a checkpoint of DCP shards only (train.parallel=fsdp), whose pickled metadata "
+                        "can run code: only for runs of your own")
     return p
 
 
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastgpt.checkpoint import load
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tokenizer = load(args.checkpoint, device=device)
+    model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
     prompt_ids = tokenizer.encode(args.prompt)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for i in range(args.num_samples):

@@ -52,6 +52,7 @@ class FastGPTLM(LM):
         max_batch_size: int | None = None,
         dtype: str = "float32",
         max_gen_toks: int = 256,
+        allow_pickle: bool | str = False,
     ) -> None:
         super().__init__()
         if device in (None, "auto"):
@@ -61,7 +62,9 @@ class FastGPTLM(LM):
         self.batch_size = int(size) if size.isdigit() else min(DEFAULT_BATCH_SIZE, max_batch_size or DEFAULT_BATCH_SIZE)
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={dtype!r} is not one of float32, bfloat16, float16")
-        self.model, self.tokenizer = load(checkpoint, device=device)
+        # lm_eval passes --model_args values as strings: only an explicit true reads pickled DCP metadata
+        trusted = allow_pickle is True or str(allow_pickle).lower() == "true"
+        self.model, self.tokenizer = load(checkpoint, device=device, allow_pickle=trusted)
         self._device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.max_gen_toks = int(max_gen_toks)

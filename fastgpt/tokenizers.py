@@ -315,6 +315,14 @@ def _valid_names() -> str:
     return ", ".join(names) + ", a path to a tokenizer.json (or its folder), or a hub id 'owner/name'"
 
 
+def is_tokenizer_path(name: str) -> bool:
+    """True when ``build_tokenizer`` reads ``name`` as a local tokenizer.json (or its folder)."""
+    if name in ("char", "bpe", "byte", *TIKTOKEN_NAMES):
+        return False
+    return (Path(name).expanduser().exists() or name.endswith(".json") or name.startswith((".", "/", "~"))
+            or name.count("/") > 1)
+
+
 def build_tokenizer(
     name: str,
     texts: Iterable[str] | None = None,
@@ -335,9 +343,8 @@ def build_tokenizer(
         return ByteTokenizer()
     if name in TIKTOKEN_NAMES:
         return TiktokenTokenizer(name)
-    path = Path(name).expanduser()
-    if path.exists() or name.endswith(".json") or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        return _load_hf_file(path, name)
+    if is_tokenizer_path(name):
+        return _load_hf_file(Path(name).expanduser(), name)
     if name in HUB_ALIASES or name.count("/") == 1:
         return _load_hub(name)
     raise ValueError(f"unknown tokenizer {name!r}; valid: {_valid_names()}")

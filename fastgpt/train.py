@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
-import random
 import shutil
 import signal
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,9 +45,12 @@ from fastgpt.generate import generate
 from fastgpt.metrics import MetricsLog
 from fastgpt.model import GPT
 from fastgpt.recipes import default_recipe
+from fastgpt.run_dir import RunLock, holds_run
 from fastgpt.schedule import make_scheduler
+from fastgpt.train_state import rng_state, set_rng_state
 
 MAX_NONFINITE_IN_A_ROW = 5
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
@@ -55,7 +59,8 @@ class TrainingError(ValueError):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, env: DistEnv, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, env: DistEnv, resume: str | None = None) -> None:
+        """``resume``: None for a new run, else the checkpoint to continue (latest, best, ckpt-NNNNNN)."""
         self.cfg, self.env = cfg, env
         self.out_dir = cfg.train.out_dir
         self.data = self._prepare_data()
@@ -97,11 +102,11 @@ class Trainer:
         self.saved_iter: int | None = None
         self.metrics = MetricsLog(self.out_dir, self._wandb()) if env.is_main else None
         self.benchmarks = self._load_benchmarks()
-        self.resumed = resume
-        if resume:
-            self._resume()
-        elif self.metrics is not None:
-            self.metrics.reset()  # a fresh run into an old out_dir starts a new log and plot
+        self.resumed = resume is not None
+        # a fresh run touches nothing in out_dir until its first step went through (``_start``)
+        self.started, self.pending = False, []
+        if resume is not None:
+            self._resume(resume)
         self.runner = self._wrap(self.model)
         self.stop_signal: int | None = None  # set by the signal handler on this rank
         self.stopping = False  # some rank got a signal: every rank saves and exits after this step
@@ -211,8 +216,7 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
         """What state.pt holds; every rank calls it (it gathers each rank's RNG state)."""
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        rng = rng_state()  # plain lists and tensors: state.pt loads with weights_only=True
         state = {
             "iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -257,8 +261,8 @@ class Trainer:
                                 "the previous checkpoint is kept")
         self.saved_iter = self.iter
 
-    def _resume(self) -> None:
-        path = ckpt.resolve_checkpoint(self.out_dir, "latest")
+    def _resume(self, which: str) -> None:
+        path = ckpt.resolve_checkpoint(self.out_dir, which)
         saved = ckpt.read_config(path)
         if saved["model"] != self.cfg.to_dict()["model"]:
             diff = {k: (v, self.cfg.to_dict()["model"].get(k)) for k, v in saved["model"].items()
@@ -280,7 +284,7 @@ class Trainer:
             self.train_loader.load_state_dict(state["loader"])
             self.iter, self.best_val, self.nonfinite = state["iter"], state["best_val"], state["nonfinite"]
             self._restore_rng(state["rng"])
-        except (KeyError, TypeError, IndexError) as exc:  # a state.pt of another layout (older fastgpt, ...)
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as exc:  # another layout, or damaged
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None
         self.saved_iter = self.iter
@@ -294,12 +298,7 @@ class Trainer:
             seq = np.random.SeedSequence([self.cfg.train.seed, self.env.rank, self.iter])
             torch.manual_seed(int(seq.generate_state(1)[0]))
             return
-        rng = saved[self.env.rank]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(saved[self.env.rank])
 
     # ------------------------------------------------------------------- training
     @torch.no_grad()
@@ -353,6 +352,8 @@ class Trainer:
     def run(self) -> None:
         t = self.cfg.train
         self._install_signal_handlers()
+        if self.resumed:
+            self._start()
         self._say(self.model.summary())
         self._say(f"data: {self.data.train_count:,} train / {self.data.val_count:,} val tokens "
                   f"({self.data.tokenizer.name}, vocab {self.data.tokenizer.vocab_size}) in {self.data.dir}")
@@ -365,6 +366,8 @@ class Trainer:
         last = time.perf_counter()
         while self.iter < self.total_iters:
             loss = self.train_step()
+            if loss is not None and not self.started:
+                self._start()
             self.iter += 1
             self.scheduler.step()
             bar.update(1)
@@ -385,16 +388,22 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in event.items() if k not in ("iter", "world_size")})
             evaluated = self.iter % t.eval_interval == 0 or self.iter == self.total_iters
             best = self._eval_and_log() if evaluated else False
-            if evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0):
+            if (evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0)) and self._may_save():
                 self.save(best=best)
             if self.stopping:
-                self.save()
+                saved = self._may_save()
+                if saved:
+                    self.save()
                 bar.close()
                 sig = self.stop_signal or signal.SIGTERM  # another rank got the signal (torchrun sends SIGTERM)
-                self._say(f"stopped by {signal.Signals(sig).name} at iteration {self.iter}; "
-                          f"checkpoint saved in {self.out_dir}; continue with --resume")
+                where = (f"checkpoint saved in {self.out_dir}; continue with --resume" if saved else
+                         "nothing saved (no step went through, or the loss is not finite); the checkpoints "
+                         f"in {self.out_dir}, if any, are kept")
+                self._say(f"stopped by {signal.Signals(sig).name} at iteration {self.iter}; {where}")
                 sys.exit(128 + sig)
         bar.close()
+        if not self.started:  # every step of this run (resumed at its end) was skipped, or there were none
+            self._start()
         if t.sample_tokens and (self.env.is_main or self.fsdp):  # FSDP: every rank computes, rank 0 prints
             self.sample()
 
@@ -406,7 +415,7 @@ class Trainer:
             scores = self._score_benchmarks()
             self._log(iter=self.iter, **scores)
             self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        if self.metrics is not None:
+        if self.metrics is not None and self.started:
             self.metrics.plot()
         val = losses.get("val_loss", losses.get("train_loss", math.inf))
         if val < self.best_val:
@@ -464,8 +473,28 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)
 
+    def _may_save(self) -> bool:
+        """Save only a run that started, and never from inside a non-finite streak: the weights may be
+        diverging, and saving would prune the good checkpoints before it. Every rank agrees."""
+        return self.started and self.nonfinite_in_a_row == 0
+
+    def _start(self) -> None:
+        """The run works (a step went through, or it resumed): only now replace what an earlier run left
+        in out_dir (metrics.jsonl, config.yaml), and write the events logged so far."""
+        self.started = True
+        if self.metrics is None:
+            return
+        if not self.resumed:
+            self.metrics.reset()
+        self.cfg.save(Path(self.out_dir) / "config.yaml")
+        for event in self.pending:
+            self.metrics.log(**event)
+        self.pending = []
+
     def _log(self, **event: Any) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and not self.started:
+            self.pending.append(event)
+        elif self.metrics is not None:
             self.metrics.log(**event)
 
     def _say(self, text: str) -> None:
@@ -484,21 +513,35 @@ def resolve_config(config_path: str | None, overrides: list[str]) -> Config:
     return build_config(raw)
 
 
+def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
+    """A new run into a folder holding a run must say so (train.overwrite=true); nothing is deleted here."""
+    out = Path(cfg.train.out_dir)
+    if resume is None and not cfg.train.overwrite and holds_run(out):
+        raise ValueError(f"train.out_dir={str(out)!r} holds a run (checkpoints, metrics or config); continue it "
+                         "with --resume, use another train.out_dir, or replace it with train.overwrite=true")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1])
     p.add_argument("--config", help="a YAML config (default: Shakespeare sized for this machine)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="WHICH",
+                   help="continue the run in train.out_dir from its latest checkpoint; --resume=best, or a "
+                        "checkpoint of the run by name (--resume=ckpt-000500)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
+    if args.resume is not None and "=" in args.resume:  # ``--resume train.x=1``: an override, not a name
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
     cfg = resolve_config(args.config, args.overrides)
     env = setup(cfg.train.device)
+    lock = RunLock(Path(cfg.train.out_dir)) if env.is_main else None
     try:
+        if args.resume is not None and not Path(cfg.train.out_dir).is_dir():  # before the lock creates it
+            raise ValueError(f"train.out_dir={cfg.train.out_dir!r} does not exist: there is no run to --resume")
+        if lock is not None:
+            lock.acquire()  # a second run into this out_dir refuses here, naming the first one's pid
+            _refuse_overwrite(cfg, args.resume)
         trainer = Trainer(cfg, env, resume=args.resume)
-        if env.is_main:
-            import pathlib
-
-            pathlib.Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
-            trainer.cfg.save(pathlib.Path(cfg.train.out_dir) / "config.yaml")
         trainer.run()
         env.barrier()  # leave the process group together: a rank tearing down gloo early can abort the other
     except torch.OutOfMemoryError:
@@ -509,7 +552,14 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         raise TrainingError(message) from None
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        raise TrainingError(f"cannot write {str(exc.filename or cfg.train.out_dir)!r} ({exc.strerror}); "
+                            "the checkpoints already saved are kept") from None
     finally:
+        if lock is not None:
+            lock.release()
         teardown()
     return 0
 

@@ -270,6 +270,16 @@ def _write(directory: Path, split: str, tokens: list[np.ndarray], bounds: list[n
     return len(stream)
 
 
+def _fsync_folder(directory: Path) -> None:
+    """Flush every file in ``directory`` and then the folder (its entries) to disk."""
+    for path in [*sorted(p for p in directory.iterdir() if p.is_file()), directory]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Tokenize ``cfg``'s sources into a cache folder (or reuse a matching one) and open it."""
     key = _cache_key(cfg)
@@ -308,5 +318,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     }  # fmt: skip
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
+    _fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
     os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
+    _fsync_folder(directory)  # and the rename itself
     return PreparedData(directory, tokenizer, manifest)
