@@ -45,7 +45,7 @@ from fastgpt.tokenizers import Tokenizer, load_tokenizer
 
 POINTERS = ("latest", "best")
 SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
-RACE_RETRIES = 3  # resolve a run's pointer again when the checkpoint it named was pruned during the read
+RACE_RETRIES = 5  # resolve a run's pointer again when the checkpoint it named was pruned during the read
 
 
 class CheckpointError(ValueError):
@@ -261,9 +261,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "bes
         try:
             return _load(ckpt, device, allow_pickle)
         except (CheckpointError, OSError):
-            if ckpt.exists() or ckpt == Path(path):  # a real failure, not a pruned folder
+            now = resolve_checkpoint(path, which)
+            if now == ckpt:  # still the checkpoint the run names: a real failure, not a pruned one
                 raise
-        ckpt = resolve_checkpoint(path, which)
+            ckpt = now
     return _load(ckpt, device, allow_pickle)
 
 
