@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--max_new_tokens must be >= 0, --num_samples >= 1 and --temperature >= 0")
     if args.top_k is not None and args.top_k < 1 or args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError("--top_k must be >= 1 and --top_p in (0, 1]")
-    from fastgpt.checkpoint import load
+    from fastgpt.train.checkpoint import load
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
@@ -139,6 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastgpt.cli import run
+    from fastgpt.__main__ import run
 
     run(main)

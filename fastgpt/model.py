@@ -1,4 +1,4 @@
-"""The GPT model: ``GPTConfig`` and ``GPT``, readable top to bottom.
+"""The GPT model, readable top to bottom (its configuration, ``GPTConfig``, is in ``fastgpt.config``).
 
 Token (+ position) embeddings -> ``n_layer`` pre-norm blocks (attention, feed-forward) -> final
 norm -> language-model head. Every architectural choice is a ``GPTConfig`` field; sublayers live
@@ -9,99 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgpt.config import GPTConfig
 from fastgpt.nn.attention import KVCache, SelfAttention
-from fastgpt.nn.mlp import ACTIVATIONS, FFN_TYPES, MLP, GatedMLP
-from fastgpt.nn.norm import NORMS, AddNorm
+from fastgpt.nn.mlp import MLP, GatedMLP
+from fastgpt.nn.norm import AddNorm
 from fastgpt.nn.rotary import Rotary, sincos_table
-from fastgpt.ops._backend import CHOICES as BACKENDS
 
 if TYPE_CHECKING:
     import os
 
     from fastgpt.tokenizers import Tokenizer
-
-POS_ENCODINGS = ("learned", "sincos", "rope", "none")
-INITS = ("gpt2", "xavier", "kaiming", "none")
-INIT_MODES = ("fan_in", "fan_out")
-INIT_NONLINEARITIES = ("relu", "leaky_relu", "linear", "tanh", "sigmoid")
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 50304  # GPT-2's 50257 rounded up to a multiple of 64
-    block_size: int = 1024  # longest sequence (context length)
-    n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int | None = None  # None = n_head; fewer = grouped-query (1 = multi-query)
-    n_embd: int = 768
-    ffn_dim: int | None = None  # feed-forward hidden size; None = 4 * n_embd
-    ffn_type: str = "gelu_mlp"  # gelu_mlp | swiglu (gated; its activation is `activation`)
-    activation: str = "gelu"  # gelu | gelu_tanh | relu | leakyrelu | tanh | sigmoid | silu | none
-    norm: str = "layer_norm"  # layer_norm | rms_norm | none
-    norm_eps: float = 1e-5
-    lm_head_norm: bool = True  # final norm before the language-model head
-    pos_encoding: str = "learned"  # learned | sincos | rope | none
-    rope_theta: float = 10000.0
-    bias: bool = True  # biases in Linear layers and LayerNorms
-    dropout: float = 0.0  # residual dropout after attention and feed-forward
-    attn_dropout: float = 0.0  # dropout on attention probabilities (runs SDPA while training)
-    embedding_dropout: float = 0.0
-    lm_head_dropout: float = 0.0  # dropout on the final hidden state before the head
-    causal: bool = True  # False = bidirectional attention
-    tie_embeddings: bool = True  # lm_head shares the token embedding matrix
-    tie_ffn_across_layers: bool = False  # every block uses one feed-forward module
-    tie_attn_proj_across_layers: bool = False  # every block uses one set of attention projections
-    init: str = "gpt2"  # gpt2 | xavier | kaiming | none (PyTorch's defaults)
-    init_gain: float = 1.0  # scales the init's std (gpt2: 0.02 * gain) or gain (xavier)
-    init_mode: str = "fan_in"  # kaiming: fan_in | fan_out
-    init_nonlinearity: str = "relu"  # kaiming: relu | leaky_relu | linear | tanh | sigmoid
-    attn_backend: str = "auto"  # auto | torch | triton | cuda
-    norm_backend: str = "auto"  # auto | torch | triton | cuda
-
-    def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        if self.ffn_dim is None:
-            self.ffn_dim = 4 * self.n_embd
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range or inconsistent."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "ffn_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        choices = {
-            "ffn_type": FFN_TYPES, "activation": tuple(ACTIVATIONS), "norm": NORMS,
-            "pos_encoding": POS_ENCODINGS, "init": INITS, "init_mode": INIT_MODES,
-            "init_nonlinearity": INIT_NONLINEARITIES, "attn_backend": BACKENDS, "norm_backend": BACKENDS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name in ("dropout", "attn_dropout", "embedding_dropout", "lm_head_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"model.n_head={self.n_head} must be divisible by model.n_kv_head={self.n_kv_head}")
-        if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise ValueError(f"model.pos_encoding='rope' needs an even head dim; n_embd/n_head = {self.head_dim}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
 
 class Block(nn.Module):
     """Pre-norm transformer block; the residual add is fused into the next norm."""
@@ -170,25 +93,33 @@ class GPT(nn.Module):
 
         ``device="meta"`` builds the structure without allocating or initializing weights.
         """
-        from fastgpt.presets import preset_config
+        from fastgpt.presets import preset_fields
 
         with torch.device(device or "cpu"):
-            return cls(preset_config(name, **overrides))
+            return cls(GPTConfig(**{**preset_fields(name), **overrides}))
 
     @classmethod
     def from_hf(cls, model_or_path: object, **overrides: object) -> GPT:
-        """A GPT holding a Hugging Face GPT-2 or Llama model's weights: an instance, a local folder or a
-        hub id (``fastgpt.hf.from_hf``); ``overrides`` may set backends and dropouts."""
-        from fastgpt.hf import from_hf
+        """A GPT (float32, eval mode, CPU) holding a Hugging Face GPT-2 or Llama model's weights.
 
-        return from_hf(model_or_path, **overrides)
+        ``model_or_path``: a ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` instance, a local folder with
+        config.json and model.safetensors (or sharded safetensors, or pytorch_model.bin), or a hub
+        id (downloaded; needs network). ``overrides`` may set backends and dropouts
+        (``fastgpt.hf.convert.RUNTIME_FIELDS``).
+        """
+        from fastgpt.hf.convert import read_hf
+
+        config, state = read_hf(model_or_path, **overrides)
+        model = cls(config)
+        model.load_state_dict(state)
+        return model.eval()
 
     def to_hf(self, path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> list[str]:
         """Write a Hugging Face model folder (GPT2LMHeadModel or LlamaForCausalLM, plus the tokenizer's
-        files where it has a HF equivalent); returns the file names (``fastgpt.hf.to_hf``)."""
-        from fastgpt.hf import to_hf
+        files where it has a HF equivalent); returns the file names (``fastgpt.hf.convert.write_hf``)."""
+        from fastgpt.hf.convert import write_hf
 
-        return to_hf(self, path, tokenizer)
+        return write_hf(self, path, tokenizer)
 
     # ----------------------------------------------------------------------------- init
     def reset_parameters(self) -> None:

@@ -96,8 +96,8 @@ def test_preset_yamls_mirror_presets() -> None:
 
 
 def test_default_recipes_mirror_their_yaml() -> None:
-    from fastgpt import recipes
     from fastgpt.config import build_config
+    from fastgpt.train import recipes
 
     root = Path(__file__).parents[1] / "configs"
     assert load_config(root / "shakespeare-cpu.yaml") == build_config(recipes.CPU)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fastgpt import GPT, GPTConfig
-from fastgpt.checkpoint import save_checkpoint
 from fastgpt.generate import generate, sample_next
 from fastgpt.tokenizers import build_tokenizer
+from fastgpt.train.checkpoint import save_checkpoint
 
 TEXT = "to be or not to be, that is the question\n"
 

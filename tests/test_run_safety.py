@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import fastgpt
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import load_state, resolve_checkpoint
 from fastgpt.model import GPT
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import load_state, resolve_checkpoint
 
 TINY = [
     "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
@@ -148,8 +148,8 @@ def test_readers_never_fail_while_a_run_saves_and_prunes(corpus: Path, tmp_path:
 
 KILL_AT_FIRST_POINTER = """
 import os, signal
-from fastgpt import checkpoint, train
-from fastgpt.cli import run
+from fastgpt.__main__ import run
+from fastgpt.train import checkpoint, trainer as train
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # ckpt-000002 is renamed into place; no pointer written yet

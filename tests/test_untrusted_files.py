@@ -4,7 +4,7 @@ Each test builds a malicious file for real: a pickle whose ``__reduce__`` create
 (as state.pt, as DCP's ``sharded/.metadata``, as an HF ``pytorch_model.bin``), pointers naming
 ``../elsewhere``, an absolute path or a symlink out, an HF folder whose config asks for its own code,
 a checkpoint config sending eval's data preparation elsewhere. Every loader goes through its public
-entry point (``fastgpt.load``, the CLIs via ``fastgpt.cli.run``); the marker must stay absent and
+entry point (``fastgpt.load``, the CLIs via ``fastgpt.__main__.run``); the marker must stay absent and
 the failure be one ``error:`` line.
 """
 
@@ -23,11 +23,11 @@ import torch
 import yaml
 
 import fastgpt
-from fastgpt import eval as eval_mod
-from fastgpt import export as export_mod
 from fastgpt import generate as generate_mod
-from fastgpt import train as train_mod
-from fastgpt.checkpoint_convert import main as convert_main
+from fastgpt.eval import evaluate as eval_mod
+from fastgpt.hf import export as export_mod
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.convert import main as convert_main
 
 TINY = [
     "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",
@@ -113,7 +113,7 @@ def test_shards_alone_are_refused_without_the_option(run, tmp_path: Path, cli_er
     export = (export_mod.main, ["--out", str(tmp_path / "x")])
     for main, extra in ((generate_mod.main, []), (eval_mod.main, []), export):
         line = cli_error(main, ["--checkpoint", str(out), *extra])
-        assert "--allow_pickle" in line and "checkpoint_convert" in line
+        assert "--allow_pickle" in line and "python -m fastgpt convert" in line
     assert not marker.exists()
 
 

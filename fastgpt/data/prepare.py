@@ -29,58 +29,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastgpt.data.loader import MODES, TokenLoader
+from fastgpt.config import DataConfig
+from fastgpt.data.loader import TokenLoader
 from fastgpt.data.sources import load_documents, source_fingerprint
 from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _CHUNK_CHARS = 1 << 20  # documents are tokenized in chunks of about this many characters
-
-
-@dataclass
-class DataConfig:
-    """The ``data`` section of a run config: what to read, how to tokenize it, how to batch it."""
-
-    dataset: str | list[str] = "shakespeare"  # a source (see fastgpt.data.sources), or a list to mix
-    weights: list[float] | None = None  # token share of each source when mixing (normalised)
-    text_column: str = "text"  # field holding the text in jsonl/json/csv/parquet/hub data
-    tokenizer: str = "char"  # char | byte | gpt2 | cl100k_base | ... | bpe | tokenizer.json | hub id
-    vocab_size: int | None = None  # bpe vocabulary size (default 4096)
-    simplify: bool = False  # bpe: split digits, drop rare non-Latin characters from training text
-    val_fraction: float = 0.1  # the last fraction of each source's tokens is validation data
-    sample_ratio: float = 1.0  # use this fraction of the documents (seeded choice, order kept)
-    cache_dir: str = "data_cache"  # prepared data goes to <cache_dir>/<name>-<hash>/
-    mode: str = "random"  # random windows | epoch (shuffled disjoint windows) | padded (a doc per row)
-    special_token_weight: float = 1.0  # loss weight of targets that are special tokens (eot)
-    num_workers: int = 0  # tokenizer threads during preparation (0 = one per core)
-    seed: int = 1337  # document sampling, mixing and batch order
-
-    def __post_init__(self) -> None:
-        sources = self.sources
-        if not sources or not all(isinstance(s, str) and s for s in sources):
-            raise ValueError(f"data.dataset must be a non-empty name or list of names, got {self.dataset!r}")
-        if self.weights is not None and (len(self.weights) != len(sources) or not all(w > 0 for w in self.weights)):
-            raise ValueError(
-                f"data.weights must be {len(sources)} positive numbers (one per dataset), got {self.weights}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 < self.sample_ratio <= 1:
-            raise ValueError(f"data.sample_ratio must be in (0, 1], got {self.sample_ratio}")
-        if self.mode not in MODES:
-            raise ValueError(f"data.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.special_token_weight < 0:
-            raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
-        if self.num_workers < 0 or self.seed < 0:
-            raise ValueError(f"data.num_workers and data.seed must be >= 0, got {self.num_workers}, {self.seed}")
-        if self.vocab_size is not None and self.vocab_size < 258:
-            raise ValueError(f"data.vocab_size must be at least 258 (256 bytes + eot + pad), got {self.vocab_size}")
-
-    @property
-    def sources(self) -> list[str]:
-        """``dataset`` as a list."""
-        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
 @dataclass

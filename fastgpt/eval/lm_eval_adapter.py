@@ -1,13 +1,13 @@
 """fastgpt checkpoints as an lm-evaluation-harness model: ``--model fastgpt``.
 
-``python -m fastgpt.lm_eval_adapter --model_args checkpoint=DIR[,device=cuda,batch_size=32,dtype=bfloat16]
+``python -m fastgpt lm_eval --model_args checkpoint=DIR[,device=cuda,batch_size=32,dtype=bfloat16]
 --tasks hellaswag,arc_easy [any other lm_eval option]`` imports this module (which registers the
 model) and runs lm_eval's command line; ``--model fastgpt`` is added when missing. Needs
 ``pip install 'fastgpt[eval]'`` (lm-eval >= 0.4). lm_eval versions with plugin discovery also find
 the model through fastgpt's ``lm_eval.models`` entry point, so plain ``lm_eval --model fastgpt``
 works there too.
 
-``loglikelihood`` scores like ``fastgpt.mcq`` (the same tokenization, cropping and batching);
+``loglikelihood`` scores like ``fastgpt.eval.mcq`` (the same tokenization, cropping and batching);
 ``loglikelihood_rolling`` cuts a text into windows of ``block_size`` predictions, each token
 predicted once with as much context as fits; ``generate_until`` samples greedily (or with the
 request's temperature when ``do_sample`` is set) until a stop string, end of text or
@@ -26,16 +26,16 @@ try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:
-    _MISSING = "fastgpt.lm_eval_adapter needs lm-evaluation-harness: pip install 'fastgpt[eval]'"
+    _MISSING = "fastgpt.eval.lm_eval_adapter needs lm-evaluation-harness: pip install 'fastgpt[eval]'"
     if __name__ == "__main__":
         print(f"error: {_MISSING}", file=sys.stderr)
         sys.exit(2)
-    raise ImportError(_MISSING) from exc
+    raise ModuleNotFoundError(_MISSING, name=exc.name) from exc
 
-from fastgpt.checkpoint import load
+from fastgpt.eval.mcq import encode_pair, score_tokens
 from fastgpt.generate import generate
-from fastgpt.mcq import encode_pair, score_tokens
 from fastgpt.tokenizers import EOT_TEXT
+from fastgpt.train.checkpoint import load
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -164,6 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastgpt.cli import run
+    from fastgpt.__main__ import run
 
     run(main)

@@ -1,7 +1,7 @@
 """Benchmark tasks: their Hugging Face hub data sets and local JSONL formats, as ``MCQItem`` lists.
 
 Every task turns one record into a question (context, choices, label) the way
-lm-evaluation-harness formats it for zero-shot scoring (``fastgpt.mcq`` scores it). Records come
+lm-evaluation-harness formats it for zero-shot scoring (``fastgpt.eval.mcq`` scores it). Records come
 from the hub (``datasets``, needs network) or from a local JSONL file, one JSON object a line.
 
 Every task reads the common format ``{"context": "...", "choices": ["...", ...], "label": 0}``:
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastgpt.mcq import MCQItem
+from fastgpt.eval.mcq import MCQItem
 
 LETTERS = "ABCDEFGHIJ"
 TRUTHFULQA_PROMPT = (
@@ -254,7 +254,7 @@ def read_jsonl(task: Task, path: str | Path) -> list[MCQItem]:
 
 def hub_items(task: Task) -> list[MCQItem]:
     """The task's evaluation split from the Hugging Face hub (needs ``datasets`` and network)."""
-    hint = f"without network, pass a local JSONL file: --data {task.name}=path.jsonl (see fastgpt.tasks)"
+    hint = f"without network, pass a local JSONL file: --data {task.name}=path.jsonl (see fastgpt.eval.tasks)"
     try:
         import datasets
     except ImportError:

@@ -18,7 +18,7 @@ by the pointer files (replaced atomically), so a crash or ``kill -9`` at any mom
 previous checkpoint loadable. Older checkpoints are deleted once the pointers moved on.
 
 DCP reshards on load, so a sharded checkpoint resumes on any number of ranks (one process too),
-``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt.checkpoint_convert``)
+``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt convert``)
 turns it into the single-file form.
 """
 
@@ -39,9 +39,10 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
-from fastgpt import run_dir
-from fastgpt.model import GPT, GPTConfig
+from fastgpt.config import GPTConfig
+from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
+from fastgpt.train import run_dir
 
 POINTERS = ("latest", "best")
 SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
@@ -176,7 +177,7 @@ def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """The checkpoint folder for ``path``: itself, or what its ``which`` pointer names.
 
-    A pointer may only name a ``ckpt-NNNNNN`` folder inside ``path`` (``fastgpt.run_dir``). When it
+    A pointer may only name a ``ckpt-NNNNNN`` folder inside ``path`` (``fastgpt.train.run_dir``). When it
     is missing or names no complete checkpoint (a run killed between renaming ``ckpt-N`` into place
     and writing the pointer), ``best`` falls back to ``latest``, and ``latest`` to the newest complete
     checkpoint; a pointer naming anything else (``../x``, ``/abs``, a symlink out) is refused.
@@ -253,7 +254,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "bes
 
     The model is in eval mode on ``device``. A checkpoint holding only DCP shards (``train.parallel=
     fsdp``) is refused unless ``allow_pickle``: DCP's ``.metadata`` is a pickle, which can run code,
-    so only a run of your own should be read that way (or converted: ``fastgpt.checkpoint_convert``).
+    so only a run of your own should be read that way (or converted: ``python -m fastgpt convert``).
     A checkpoint pruned by a run training into ``path`` while it is read is resolved again.
     """
     ckpt = resolve_checkpoint(path, which)
@@ -272,7 +273,7 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
     if is_sharded(ckpt) and not allow_pickle:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} holds DCP shards only, whose .metadata is a pickle that "
                               "can run code; if it is your own run, convert it with python -m "
-                              "fastgpt.checkpoint_convert, or load it with allow_pickle=True (--allow_pickle)")
+                              "fastgpt convert, or load it with allow_pickle=True (--allow_pickle)")
     config = read_config(ckpt)
     try:
         model_config = GPTConfig(**config["model"])

@@ -15,25 +15,25 @@ import argparse
 import contextlib
 import errno
 import math
-import shutil
+import pathlib
 import signal
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastgpt import checkpoint as ckpt
-from fastgpt.config import Config, build_config, load_config, parse_override
+from fastgpt.config import Config, load_config
 from fastgpt.data import PreparedData, prepare_data
-from fastgpt.distributed import (
+from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
+from fastgpt.generate import generate
+from fastgpt.model import GPT
+from fastgpt.train.checkpointer import Checkpointer, TrainingError
+from fastgpt.train.distributed import (
     DistEnv,
     collective_failure,
-    gather_objects,
     mean_across_ranks,
     setup,
     shard_fsdp,
@@ -41,30 +41,28 @@ from fastgpt.distributed import (
     teardown,
     wrap_ddp,
 )
-from fastgpt.generate import generate
-from fastgpt.metrics import MetricsLog
-from fastgpt.model import GPT
-from fastgpt.recipes import default_recipe
-from fastgpt.run_dir import RunLock, holds_run
-from fastgpt.schedule import make_scheduler
-from fastgpt.train_state import rng_state, set_rng_state
+from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
+from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
+from fastgpt.train.recipes import default_recipe
+from fastgpt.train.run_dir import RunLock, holds_run
+from fastgpt.train.schedule import make_scheduler
 
 MAX_NONFINITE_IN_A_ROW = 5
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
-
-
-class TrainingError(ValueError):
-    """The run cannot go on (diverged, out of memory); the message says what to change."""
 
 
 class Trainer:
+    """One training run: set-up in ``__init__``, then ``run()``; ``train_step`` is one optimizer step."""
+
     def __init__(self, cfg: Config, env: DistEnv, resume: str | None = None) -> None:
         """``resume``: None for a new run, else the checkpoint to continue (latest, best, ckpt-NNNNNN)."""
         self.cfg, self.env = cfg, env
         self.out_dir = cfg.train.out_dir
         self.data = self._prepare_data()
         tok = self.data.tokenizer
+        if cfg.model.vocab_size != tok.vocab_size:  # the tokenizer decides the vocabulary
+            self._say(f"model.vocab_size={cfg.model.vocab_size} set to {tok.vocab_size}, the vocabulary of "
+                      f"data.tokenizer={cfg.data.tokenizer!r}")
         self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
         hf_model = self._from_hf() if cfg.train.init_from != "scratch" else None  # sets self.cfg.model
         self._check_data_size()
@@ -81,27 +79,25 @@ class Trainer:
             m = self.cfg.model  # blocks sharing a module cannot be sharded one by one: then only the root is
             tied = m.tie_ffn_across_layers or m.tie_attn_proj_across_layers
             shard_fsdp(self.model, [] if tied else list(self.model.blocks), dtype, env)
-        self.optimizer = self._make_optimizer()
+        self.optimizer = build_optimizer(self.model, cfg.optim, env.device, fsdp=self.fsdp)
         self.total_iters = self._total_iters()
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, self.total_iters)
         # FSDP's mixed-precision policy casts the weights itself; elsewhere autocast does
         self.autocast = (torch.autocast(env.device.type, dtype=dtype) if dtype != torch.float32 and not self.fsdp
                          else contextlib.nullcontext())
-        if self.fsdp:  # its inf/NaN check agrees over the ranks, each of which holds a shard of the gradients
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-            self.scaler = ShardedGradScaler(env.device.type, enabled=dtype == torch.float16)
-        else:
-            self.scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+        self.scaler = build_grad_scaler(env.device, dtype, fsdp=self.fsdp)
         loader_args = dict(device=env.device, rank=env.rank, world_size=env.world_size)
         T, B = self.cfg.model.block_size, cfg.train.batch_size
         self.train_loader = self.data.loader("train", T, B, cfg.data, **loader_args)
         self.eval_loaders = {split: self.data.loader(split, T, B, replace(cfg.data, mode="random"), **loader_args)
                              for split in ("train", "val") if self._count(split) > T}
         self.iter, self.best_val, self.nonfinite, self.nonfinite_in_a_row = 0, math.inf, 0, 0
-        self.saved_iter: int | None = None
-        self.metrics = MetricsLog(self.out_dir, self._wandb()) if env.is_main else None
-        self.benchmarks = self._load_benchmarks()
+        self.metrics = MetricsLog(self.out_dir, open_wandb(cfg.logging, self.cfg.to_dict())) if env.is_main else None
+        check_benchmarks(cfg.eval)
+        # loaded on the ranks that score them: rank 0, and every rank under FSDP, whose forward needs them all
+        self.benchmarks = load_benchmarks(cfg.eval, tok, cfg.data.tokenizer) if env.is_main or self.fsdp else {}
+        self.checkpointer = Checkpointer(self.cfg, env, self.model, self.optimizer, self.scheduler, self.scaler,
+                                         self.train_loader, tok, sharded=self.sharded)
         self.resumed = resume is not None
         # a fresh run touches nothing in out_dir until its first step went through (``_start``)
         self.started, self.pending = False, []
@@ -124,38 +120,14 @@ class Trainer:
 
     def _from_hf(self) -> GPT:
         """The Hugging Face model of ``train.init_from``; its config replaces model.* (backends kept)."""
-        from fastgpt.hf import from_hf
-
         init, m, tok = self.cfg.train.init_from, self.cfg.model, self.data.tokenizer
-        model = from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
+        model = GPT.from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
         if model.config.vocab_size != tok.vocab_size:
             raise ValueError(f"train.init_from={init!r} has a vocabulary of {model.config.vocab_size} tokens but "
                              f"data.tokenizer={self.cfg.data.tokenizer!r} has {tok.vocab_size}; use the tokenizer "
                              "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
         self.cfg.model = model.config
         return model
-
-    def _load_benchmarks(self) -> dict[str, list]:
-        """``eval.num_samples`` questions of each ``eval.mcq_benchmarks`` task, on the ranks that score
-        them (rank 0; every rank under FSDP, whose forward needs them all), checked to encode."""
-        from fastgpt.mcq import encode_pair
-        from fastgpt.tasks import get_task, load_items
-
-        e = self.cfg.eval
-        for task in e.mcq_benchmarks:
-            get_task(task)
-        if not (self.env.is_main or self.fsdp):
-            return {}
-        benchmarks = {task: load_items(task, e.data.get(task), e.num_samples) for task in e.mcq_benchmarks}
-        for task, items in benchmarks.items():
-            try:
-                for item in items:
-                    for context, continuation in item.pairs():
-                        encode_pair(self.data.tokenizer, context, continuation)
-            except ValueError as exc:
-                raise ValueError(f"eval.mcq_benchmarks: {task} does not encode with data.tokenizer="
-                                 f"{self.cfg.data.tokenizer!r}: {exc}") from None
-        return benchmarks
 
     def _count(self, split: str) -> int:
         return self.data.train_count if split == "train" else self.data.val_count
@@ -165,29 +137,6 @@ class Trainer:
         if self.data.train_count < need:
             raise ValueError(f"dataset {self.cfg.data.dataset!r} has {self.data.train_count} training tokens, "
                              f"fewer than block_size + 1 = {need}; use more data or a smaller model.block_size")
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # weight decay on matrices and embeddings; never on biases and norm gains
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        if o.name == "sgd":
-            return torch.optim.SGD(groups, lr=o.lr, momentum=o.beta1)
-        from fastgpt.ops import available_backends
-        from fastgpt.optim import FusedAdamW
-
-        kernels = any(available_backends(self.env.device)[b] is None for b in ("cuda", "triton"))
-        if self.fsdp:  # its parameters are DTensor shards, which torch's foreach AdamW updates
-            if o.name == "fused_adamw":
-                raise ValueError("optim.name='fused_adamw' cannot update FSDP's sharded parameters; "
-                                 "use optim.name=adamw with train.parallel=fsdp")
-            kernels = False
-        if o.name == "fused_adamw" or kernels:
-            return FusedAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-        # without our kernels, torch's own fused step (CPU and CUDA): on CPU 5x faster than its for-loop
-        fused = not self.fsdp and self.env.device.type in ("cpu", "cuda")
-        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused or None)
 
     def _total_iters(self) -> int:
         t = self.cfg.train
@@ -203,102 +152,20 @@ class Trainer:
             model = wrap_ddp(model, self.env)
         return model
 
-    def _wandb(self) -> Any | None:
-        log = self.cfg.logging
-        if not log.wandb:
-            return None
-        try:
-            import wandb
-        except ImportError:
-            raise ValueError("logging.wandb=true needs the wandb package: pip install 'fastgpt[wandb]'") from None
-        return wandb.init(project=log.wandb_project, name=log.run_name, config=self.cfg.to_dict())
-
     # ---------------------------------------------------------------- checkpoints
-    def _state(self) -> dict[str, Any]:
-        """What state.pt holds; every rank calls it (it gathers each rank's RNG state)."""
-        rng = rng_state()  # plain lists and tensors: state.pt loads with weights_only=True
-        state = {
-            "iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite,
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "loader": self.train_loader.state_dict(), "rng": gather_objects(rng, self.env),
-        }
-        if not self.sharded:  # a sharded checkpoint keeps it in its DCP shards
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
-
     def save(self, best: bool = False) -> None:
         """Checkpoint this iteration (once); every rank takes part, and all fail together."""
-        if self.saved_iter == self.iter:
-            return
         # a fresh run's first checkpoint is its best so far, whatever an earlier run in out_dir left
-        best = best or (self.saved_iter is None and not self.resumed)
-        state, error = self._state(), None
-        staged = ckpt.staging_dir(self.out_dir, self.iter) if self.sharded else None
-        if staged is not None:  # every rank writes its shards into one staging folder
-            if self.env.is_main:
-                try:
-                    shutil.rmtree(staged, ignore_errors=True)
-                    staged.mkdir(parents=True)
-                except OSError as exc:
-                    error = exc
-            if not sum_across_ranks([error is not None], self.env)[0]:
-                try:
-                    ckpt.save_shards(staged, self.model, self.optimizer, no_dist=not self.env.distributed)
-                except OSError as exc:  # raised on every rank when any rank's write failed
-                    error = exc
-        if self.env.is_main and error is None:
-            try:
-                ckpt.save_checkpoint(self.out_dir, self.iter, None if self.sharded else self.model,
-                                     self.data.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged)
-            except OSError as exc:
-                error = exc
-        if sum_across_ranks([error is not None], self.env)[0]:
-            if staged is not None and self.env.is_main:
-                shutil.rmtree(staged, ignore_errors=True)
-            reason = ("it failed on another rank" if error is None
-                      else getattr(error, "strerror", None) or (str(error).strip() or type(error).__name__)[:200])
-            raise TrainingError(f"could not save a checkpoint in {self.out_dir!r} ({reason}); "
-                                "the previous checkpoint is kept")
-        self.saved_iter = self.iter
+        first = self.checkpointer.saved_iter is None and not self.resumed
+        counters = {"iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite}
+        self.checkpointer.save(counters, best=best or first)
 
     def _resume(self, which: str) -> None:
-        path = ckpt.resolve_checkpoint(self.out_dir, which)
-        saved = ckpt.read_config(path)
-        if saved["model"] != self.cfg.to_dict()["model"]:
-            diff = {k: (v, self.cfg.to_dict()["model"].get(k)) for k, v in saved["model"].items()
-                    if self.cfg.to_dict()["model"].get(k) != v}
-            raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its model config differs "
-                                       f"(saved, now): {diff}")
-        state = ckpt.load_state(path)
-        if self.fsdp and not ckpt.is_sharded(path):
-            raise ckpt.CheckpointError(f"cannot resume {str(path)!r} with train.parallel=fsdp: it is a "
-                                       "single-file (ddp) checkpoint; resume it with train.parallel=ddp")
-        try:
-            if ckpt.is_sharded(path):  # DCP reshards: any number of ranks, FSDP or not
-                ckpt.load_shards(path, self.model, self.optimizer, no_dist=not self.env.distributed)
-            else:
-                ckpt.load_weights(self.model, path)
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.train_loader.load_state_dict(state["loader"])
-            self.iter, self.best_val, self.nonfinite = state["iter"], state["best_val"], state["nonfinite"]
-            self._restore_rng(state["rng"])
-        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as exc:  # another layout, or damaged
-            raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
-                                       f"({type(exc).__name__}: {exc})") from None
-        self.saved_iter = self.iter
+        path, counters = self.checkpointer.resume(which)
+        self.iter, self.best_val, self.nonfinite = counters["iter"], counters["best_val"], counters["nonfinite"]
         if self.metrics is not None:
             self.metrics.truncate_after(self.iter)
         self._say(f"resumed from {path} at iteration {self.iter}")
-
-    def _restore_rng(self, saved: list[dict[str, Any]]) -> None:
-        """Each rank's saved RNG state; on another number of ranks, a fresh seed per (seed, rank, iter)."""
-        if len(saved) != self.env.world_size:
-            seq = np.random.SeedSequence([self.cfg.train.seed, self.env.rank, self.iter])
-            torch.manual_seed(int(seq.generate_state(1)[0]))
-            return
-        set_rng_state(saved[self.env.rank])
 
     # ------------------------------------------------------------------- training
     @torch.no_grad()
@@ -381,7 +248,7 @@ class Trainer:
                 last = now
                 event = {"iter": self.iter, "train_loss": loss, "lr": self.scheduler.get_last_lr()[0],
                          "tokens_per_s": tps, "world_size": self.env.world_size}
-                mfu = self._mfu(tps)
+                mfu = flops_utilization(self.model.flops_per_token, tps, self.env.device, self.env.world_size)
                 if mfu is not None:
                     event["mfu"] = mfu
                 self._log(**event)
@@ -412,7 +279,8 @@ class Trainer:
         self._log(iter=self.iter, **losses)
         self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         if self.benchmarks:
-            scores = self._score_benchmarks()
+            with self.autocast:
+                scores = score_benchmarks(self.model, self.data.tokenizer, self.benchmarks, self.cfg.train.batch_size)
             self._log(iter=self.iter, **scores)
             self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if self.metrics is not None and self.started:
@@ -423,17 +291,6 @@ class Trainer:
             return True
         return False
 
-    def _score_benchmarks(self) -> dict[str, float]:
-        """``{task}_acc`` and ``{task}_acc_norm`` of every loaded benchmark (``fastgpt.mcq``)."""
-        from fastgpt.mcq import evaluate_mcq
-
-        scores = {}
-        with self.autocast:
-            for task, items in self.benchmarks.items():
-                result = evaluate_mcq(self.model, self.data.tokenizer, items, self.cfg.train.batch_size)
-                scores[f"{task}_acc"], scores[f"{task}_acc_norm"] = result["acc"], result["acc_norm"]
-        return scores
-
     def _nonfinite(self) -> None:
         self.nonfinite += 1
         self.nonfinite_in_a_row += 1
@@ -443,15 +300,6 @@ class Trainer:
                 f"the loss was NaN or inf {self.nonfinite_in_a_row} steps in a row (up to iteration {self.iter}); "
                 f"the run diverged: try a lower optim.lr (now {self.cfg.optim.lr:g}) or more warmup"
             )
-
-    def _mfu(self, tokens_per_s: float) -> float | None:
-        if self.env.device.type != "cuda":
-            return None
-        name = torch.cuda.get_device_name(self.env.device)
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        if peak is None:
-            return None
-        return self.model.flops_per_token() * tokens_per_s / (peak * self.env.world_size)
 
     def sample(self) -> None:
         tok = self.data.tokenizer
@@ -486,7 +334,7 @@ class Trainer:
             return
         if not self.resumed:
             self.metrics.reset()
-        self.cfg.save(Path(self.out_dir) / "config.yaml")
+        self.cfg.save(pathlib.Path(self.out_dir) / "config.yaml")
         for event in self.pending:
             self.metrics.log(**event)
         self.pending = []
@@ -502,20 +350,9 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
 
-def resolve_config(config_path: str | None, overrides: list[str]) -> Config:
-    """The file's config, or the machine's default recipe, with overrides applied."""
-    if config_path is not None:
-        return load_config(config_path, overrides)
-    raw = {section: dict(values) for section, values in default_recipe().items()}
-    for item in overrides:
-        section, key, value = parse_override(item)
-        raw.setdefault(section, {})[key] = value
-    return build_config(raw)
-
-
 def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
     """A new run into a folder holding a run must say so (train.overwrite=true); nothing is deleted here."""
-    out = Path(cfg.train.out_dir)
+    out = pathlib.Path(cfg.train.out_dir)
     if resume is None and not cfg.train.overwrite and holds_run(out):
         raise ValueError(f"train.out_dir={str(out)!r} holds a run (checkpoints, metrics or config); continue it "
                          "with --resume, use another train.out_dir, or replace it with train.overwrite=true")
@@ -532,11 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and "=" in args.resume:  # ``--resume train.x=1``: an override, not a name
         args.overrides.insert(0, args.resume)
         args.resume = "latest"
-    cfg = resolve_config(args.config, args.overrides)
+    # no --config: the machine's default recipe (fastgpt.train.recipes)
+    cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe())
     env = setup(cfg.train.device)
-    lock = RunLock(Path(cfg.train.out_dir)) if env.is_main else None
+    lock = RunLock(pathlib.Path(cfg.train.out_dir)) if env.is_main else None
     try:
-        if args.resume is not None and not Path(cfg.train.out_dir).is_dir():  # before the lock creates it
+        if args.resume is not None and not pathlib.Path(cfg.train.out_dir).is_dir():  # before the lock creates it
             raise ValueError(f"train.out_dir={cfg.train.out_dir!r} does not exist: there is no run to --resume")
         if lock is not None:
             lock.acquire()  # a second run into this out_dir refuses here, naming the first one's pid
@@ -563,8 +401,3 @@ def main(argv: list[str] | None = None) -> int:
         teardown()
     return 0
 
-
-if __name__ == "__main__":
-    from fastgpt.cli import run
-
-    run(main)

@@ -1,4 +1,5 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per event), ``loss.png``, optional wandb."""
+"""Run logging: ``metrics.jsonl`` (one JSON object per event), ``loss.png``, optional wandb; and MFU,
+with the one table of GPU peak FLOP/s (``benchmarks/`` reads it too)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,48 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from fastgpt.config import LoggingConfig
+
+# dense bf16 tensor-core peak FLOP/s per GPU (datasheet, no sparsity); first match wins
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+    ("A10", 125e12), ("4090", 165e12),
+]
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """Datasheet dense bf16 FLOP/s of a GPU by name (None when unknown)."""
+    return next((v for k, v in PEAK_BF16_FLOPS if k in device_name), None)
+
+
+def flops_utilization(flops_per_token: Callable[[], int], tokens_per_s: float, device: torch.device,
+                      world_size: int = 1) -> float | None:
+    """Model FLOPs utilization: achieved training FLOP/s over ``world_size`` GPUs' bf16 peak (None off
+    CUDA or on an unknown GPU). ``flops_per_token``: ``GPT.flops_per_token``."""
+    if device.type != "cuda":
+        return None
+    peak = peak_bf16_flops(torch.cuda.get_device_name(device))
+    if peak is None:
+        return None
+    return flops_per_token() * tokens_per_s / (peak * world_size)
+
+
+def open_wandb(cfg: LoggingConfig, config: dict[str, Any]) -> Any | None:
+    """A wandb run when ``logging.wandb`` is set (None otherwise), recording the run's ``config``."""
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("logging.wandb=true needs the wandb package: pip install 'fastgpt[wandb]'") from None
+    return wandb.init(project=cfg.wandb_project, name=cfg.run_name, config=config)
 
 
 class MetricsLog:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fastgpt.mcq import MCQItem
-from fastgpt.tasks import TASKS, convert, get_task, hub_items, load_items, spread
+from fastgpt.eval.mcq import MCQItem
+from fastgpt.eval.tasks import TASKS, convert, get_task, hub_items, load_items, spread
 
 ARC_CHOICES = {"text": ["dog", "cat", "cow"], "label": ["A", "B", "C"]}
 RECORDS = {

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgpt import export as export_mod
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import load
-from fastgpt.hf import from_hf, hf_architecture
-from fastgpt.hf_tokenizer import hf_tokenizer
+from fastgpt.hf import export as export_mod
+from fastgpt.hf.convert import hf_architecture
+from fastgpt.hf.tokenizer_files import hf_tokenizer
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizers import build_tokenizer
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import load
 
 transformers = pytest.importorskip("transformers")
 AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
@@ -65,10 +65,10 @@ def test_from_local_folders(tmp_path: Path) -> None:
     hf.save_pretrained(tmp_path / "st")
     hf.save_pretrained(tmp_path / "bin", safe_serialization=False)
     for folder in ("st", "bin"):
-        torch.testing.assert_close(_logits(from_hf(str(tmp_path / folder)), idx), _logits(hf, idx), rtol=1e-5,
+        torch.testing.assert_close(_logits(GPT.from_hf(str(tmp_path / folder)), idx), _logits(hf, idx), rtol=1e-5,
                                    atol=1e-5)
     with pytest.raises(FileNotFoundError, match="is not a folder holding a Hugging Face model"):
-        from_hf(str(tmp_path / "missing"))
+        GPT.from_hf(str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize(
@@ -116,15 +116,15 @@ def test_options_hf_cannot_express_are_refused(fields: dict, option: str) -> Non
 
 def test_hf_options_fastgpt_cannot_express_are_refused() -> None:
     with pytest.raises(ValueError, match="model_type 'gpt_neox' is not supported"):
-        from_hf(transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        GPT.from_hf(transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
             vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)))
     with pytest.raises(ValueError, match="Llama RoPE scaling 'linear'"):
-        from_hf(LlamaForCausalLM(LlamaConfig(**{**LLAMA_TINY, "rope_theta": 10000.0},
+        GPT.from_hf(LlamaForCausalLM(LlamaConfig(**{**LLAMA_TINY, "rope_theta": 10000.0},
                                              rope_scaling={"rope_type": "linear", "factor": 2.0})))
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx=True"):
-        from_hf(GPT2LMHeadModel(GPT2Config(**GPT2_TINY, scale_attn_by_inverse_layer_idx=True)))
+        GPT.from_hf(GPT2LMHeadModel(GPT2Config(**GPT2_TINY, scale_attn_by_inverse_layer_idx=True)))
     with pytest.raises(ValueError, match="from_hf cannot override n_layer"):
-        from_hf(GPT2LMHeadModel(GPT2Config(**GPT2_TINY)), n_layer=3, dropout=0.0)
+        GPT.from_hf(GPT2LMHeadModel(GPT2Config(**GPT2_TINY)), n_layer=3, dropout=0.0)
 
 
 def _corpus(folder: Path) -> Path:

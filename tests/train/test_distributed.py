@@ -24,8 +24,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import is_sharded, load, load_state, resolve_checkpoint
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import is_sharded, load, load_state, resolve_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -112,7 +112,7 @@ def test_fsdp_matches_one_process_and_resumes_on_another_world_size(corpus: Path
     x = torch.tensor([tok.encode("the king and")])
     model, _ = load(out, allow_pickle=True)  # shards alone: their metadata is a pickle, read on request only
     torch.testing.assert_close(model(x)[0], reference(x)[0], rtol=1e-4, atol=1e-5)
-    from fastgpt.checkpoint_convert import main as convert
+    from fastgpt.train.convert import main as convert
 
     assert convert(["--checkpoint", str(out), "--out", str(corpus.parent / "single")]) == 0
     assert (corpus.parent / "single" / "model.safetensors").is_file()
@@ -137,8 +137,8 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(corpus: Path, tmp_path
 
 DRIVER = """
 import time
-from fastgpt import train
-from fastgpt.cli import run
+from fastgpt.train import trainer as train
+from fastgpt.__main__ import run
 
 step = train.Trainer.train_step
 

@@ -1,4 +1,4 @@
-"""Hugging Face bridge: ``GPT`` <-> ``GPT2LMHeadModel`` and ``LlamaForCausalLM`` (tokenizers: ``hf_tokenizer``).
+"""Hugging Face bridge: ``GPT`` <-> ``GPT2LMHeadModel`` and ``LlamaForCausalLM`` (tokenizers: ``tokenizer_files``).
 
 Two layouts cross over, in both directions, with identical logits:
 
@@ -9,9 +9,8 @@ Two layouts cross over, in both directions, with identical logits:
 
 Anything else fastgpt can express but these classes cannot (sinusoidal or no positions,
 bidirectional attention, weights tied across layers, no final norm, dropout where the HF model
-has none, ...) is refused with a ValueError naming the option. GPT-2 stores its projections as
-``Conv1D`` with (in, out) weights, the transpose of ``nn.Linear``'s; Llama's separate q/k/v
-projections are fastgpt's fused ``c_attn`` split by rows ([q heads | k heads | v heads]).
+has none, ...) is refused with a ValueError naming the option. The weight names of each layout are
+tables in ``fastgpt.hf.state_dict_adapter``; this module maps the configs and reads and writes folders.
 
 ``transformers`` is imported when a function needs it (``pip install 'fastgpt[hf]'``).
 """
@@ -21,17 +20,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fastgpt.hf_tokenizer import hf_tokenizer
-from fastgpt.model import GPT, GPTConfig
-from fastgpt.tokenizers import Tokenizer
+from fastgpt.config import GPTConfig
+from fastgpt.hf.state_dict_adapter import ADAPTERS, from_hf_state, to_hf_state
+from fastgpt.hf.tokenizer_files import hf_tokenizer
 
-# GPTConfig fields that from_hf may override: they do not change the weights
+if TYPE_CHECKING:
+    from fastgpt.model import GPT
+    from fastgpt.tokenizers import Tokenizer
+
+# GPTConfig fields that GPT.from_hf may override: they do not change the weights
 RUNTIME_FIELDS = ("attn_backend", "norm_backend", "dropout", "attn_dropout", "embedding_dropout", "lm_head_dropout")
 # HF activation names (transformers' ACT2FN) -> fastgpt's; gelu_new and gelu_fast are the tanh approximation
 FROM_HF_ACTIVATION = {
@@ -43,7 +46,6 @@ TO_HF_ACTIVATION = {
     "gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "leakyrelu": "leaky_relu", "tanh": "tanh",
     "sigmoid": "sigmoid", "silu": "silu", "none": "linear",
 }  # fmt: skip
-_BUFFERS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # in old HF checkpoints, not weights
 
 
 # ------------------------------------------------------------------------------- configs
@@ -167,84 +169,9 @@ def hf_config(config: GPTConfig, eot_id: int | None = None) -> Any:
     )  # fmt: skip
 
 
-# ------------------------------------------------------------------------------- weights
-def weight_names(config: GPTConfig) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(fastgpt tensor, its HF tensors concatenated on dim 0, whether HF stores it transposed), for all weights."""
-    table: list[tuple[str, tuple[str, ...], bool]] = []
-    if config.pos_encoding == "learned":
-        layer = [("ln_1.norm", "ln_1", False), ("attn.c_attn", "attn.c_attn", True),
-                 ("attn.c_proj", "attn.c_proj", True), ("ln_2.norm", "ln_2", False),
-                 ("mlp.c_fc", "mlp.c_fc", True), ("mlp.c_proj", "mlp.c_proj", True)]  # fmt: skip
-        table += [("wte.weight", ("transformer.wte.weight",), False),
-                  ("wpe.weight", ("transformer.wpe.weight",), False)]  # fmt: skip
-        for i in range(config.n_layer):
-            for ours, theirs, transposed in layer:
-                table.append((f"blocks.{i}.{ours}.weight", (f"transformer.h.{i}.{theirs}.weight",), transposed))
-                table.append((f"blocks.{i}.{ours}.bias", (f"transformer.h.{i}.{theirs}.bias",), False))
-        table += [("ln_f.norm.weight", ("transformer.ln_f.weight",), False),
-                  ("ln_f.norm.bias", ("transformer.ln_f.bias",), False)]  # fmt: skip
-    else:
-        norms = [("ln_1.norm", "input_layernorm"), ("ln_2.norm", "post_attention_layernorm")]
-        linears = [("attn.c_attn", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                   ("attn.c_proj", ("self_attn.o_proj",)), ("mlp.gate", ("mlp.gate_proj",)),
-                   ("mlp.up", ("mlp.up_proj",)), ("mlp.down", ("mlp.down_proj",))]  # fmt: skip
-        table.append(("wte.weight", ("model.embed_tokens.weight",), False))
-        for i in range(config.n_layer):
-            suffixes = ("weight", "bias") if config.bias else ("weight",)
-            for ours, theirs in norms:
-                table.append((f"blocks.{i}.{ours}.weight", (f"model.layers.{i}.{theirs}.weight",), False))
-            for ours, theirs in linears:
-                for s in suffixes:
-                    table.append((f"blocks.{i}.{ours}.{s}", tuple(f"model.layers.{i}.{t}.{s}" for t in theirs), False))
-        table.append(("ln_f.norm.weight", ("model.norm.weight",), False))
-    if not config.tie_embeddings:
-        table.append(("lm_head.weight", ("lm_head.weight",), False))
-    return table
-
-
-def hf_state_dict(model: GPT) -> dict[str, Tensor]:
-    """``model``'s weights under HF names and layouts (tied weights once, as HF saves them)."""
-    cfg = model.config
-    state = model.state_dict()
-    qkv = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
-    out = {}
-    for ours, theirs, transposed in weight_names(cfg):
-        tensor = state.get(ours)
-        if tensor is None:  # a bias this model lacks: GPT-2 always has one, and zero computes the same
-            weight = state[ours.removesuffix("bias") + "weight"]
-            tensor = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-        parts = tensor.split(qkv) if len(theirs) == 3 else (tensor,)
-        for name, part in zip(theirs, parts):
-            out[name] = (part.t() if transposed else part).detach().cpu().contiguous().clone()
-    return out
-
-
-def state_dict_from_hf(config: GPTConfig, hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """fastgpt's state_dict from HF weights; missing or unplaceable weights raise ValueError."""
-    prefix = "transformer." if config.pos_encoding == "learned" else "model."
-    if not any(k.startswith(prefix) for k in hf_state):  # saved from the bare GPT2Model / LlamaModel
-        hf_state = {k if k.startswith("lm_head.") else prefix + k: v for k, v in hf_state.items()}
-    out, used = {}, set()
-    for ours, theirs, transposed in weight_names(config):
-        missing = [name for name in theirs if name not in hf_state]
-        if missing:
-            raise ValueError(f"the Hugging Face weights lack {missing[0]}")
-        parts = [hf_state[name].t() if transposed else hf_state[name] for name in theirs]
-        out[ours] = torch.cat(parts) if len(parts) > 1 else parts[0]
-        used.update(theirs)
-    if config.tie_embeddings:
-        out["lm_head.weight"] = out["wte.weight"]
-        used.add("lm_head.weight")
-    extra = sorted(k for k in hf_state if k not in used and not k.endswith(_BUFFERS))
-    if extra:
-        raise ValueError(f"the Hugging Face weights hold {extra[0]} (and {len(extra) - 1} more) that the "
-                         f"{hf_architecture(config)} layout has no place for")
-    return out
-
-
 # ---------------------------------------------------------------------------- load, save
-def from_hf(model_or_path: Any, **overrides: Any) -> GPT:
-    """A GPT (float32, eval mode, CPU) holding a HF GPT-2 or Llama model's weights.
+def read_hf(model_or_path: Any, **overrides: Any) -> tuple[GPTConfig, dict[str, Tensor]]:
+    """The GPTConfig and fastgpt state_dict of a HF GPT-2 or Llama model (``GPT.from_hf`` builds the GPT).
 
     ``model_or_path``: a ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` instance, a local folder with
     config.json and model.safetensors (or sharded safetensors, or pytorch_model.bin), or a hub
@@ -255,16 +182,19 @@ def from_hf(model_or_path: Any, **overrides: Any) -> GPT:
     else:
         hf_cfg, hf_state = model_or_path.config, model_or_path.state_dict()
     config = config_from_hf(hf_cfg, **overrides)
-    model = GPT(config)
-    model.load_state_dict(state_dict_from_hf(config, hf_state))
-    return model.eval()
+    return config, from_hf_state(ADAPTERS[hf_architecture(config)], config, hf_state)
 
 
-def to_hf(model: GPT, path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> list[str]:
+def hf_state_dict(model: GPT) -> dict[str, Tensor]:
+    """``model``'s weights under HF names and layouts (tied weights once, as HF saves them)."""
+    return to_hf_state(ADAPTERS[hf_architecture(model.config)], model.config, model.state_dict())
+
+
+def write_hf(model: GPT, path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> list[str]:
     """Write a HF model folder that ``AutoModelForCausalLM.from_pretrained`` loads; return its file names.
 
     config.json and model.safetensors, plus the tokenizer files when ``tokenizer`` has a HF
-    equivalent (see ``fastgpt.hf_tokenizer``). Options HF cannot express raise ValueError first.
+    equivalent (see ``fastgpt.hf.tokenizer_files``). Options HF cannot express raise ValueError first.
     """
     config = hf_config(model.config, tokenizer.eot_id if tokenizer is not None else None)
     path = Path(path)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgpt import checkpoint
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import load, load_state, resolve_checkpoint
 from fastgpt.model import GPT
+from fastgpt.train import checkpoint
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import load, load_state, resolve_checkpoint
 
 TINY = [
     "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
@@ -69,8 +69,9 @@ def straight(corpus: Path) -> list[dict]:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from fastgpt import checkpoint, train
-from fastgpt.cli import run
+from fastgpt.train import checkpoint
+from fastgpt.train import trainer as train
+from fastgpt.__main__ import run
 
 saves = 0
 save_checkpoint = checkpoint.save_checkpoint

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import fastgpt
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.generate import generate
 from fastgpt.optim import FusedAdamW
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import resolve_checkpoint
 
 TINY = [
     "model.n_layer=2",
@@ -166,3 +166,10 @@ def test_optimizer_choice_on_cpu(tmp_path: Path, corpus: Path, monkeypatch: pyte
         assert type(opt) is FusedAdamW
     else:
         assert type(opt) is torch.optim.AdamW and all(g["fused"] for g in opt.param_groups)
+
+
+def test_the_vocabulary_the_tokenizer_sets_is_logged(tmp_path: Path, corpus: Path, capsys) -> None:
+    train_mod.main(_args(tmp_path, corpus, "train.max_iters=1", "train.eval_interval=1", "model.vocab_size=999"))
+    err = capsys.readouterr().err
+    saved = fastgpt.load(tmp_path / "out")[0].config.vocab_size
+    assert saved < 999 and f"model.vocab_size=999 set to {saved}, the vocabulary of data.tokenizer='char'" in err

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgpt.mcq import MCQItem, encode_pair, evaluate_mcq, score_choices, score_tokens
+from fastgpt.eval.mcq import MCQItem, encode_pair, evaluate_mcq, score_choices, score_tokens
+from fastgpt.eval.tasks import load_items
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.tasks import load_items
 from fastgpt.tokenizers import ByteTokenizer, build_tokenizer
 
 

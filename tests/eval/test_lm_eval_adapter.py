@@ -12,11 +12,11 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
-from fastgpt.checkpoint import save_checkpoint  # noqa: E402
+from fastgpt.eval.lm_eval_adapter import FastGPTLM  # noqa: E402
 from fastgpt.generate import generate  # noqa: E402
-from fastgpt.lm_eval_adapter import FastGPTLM  # noqa: E402
 from fastgpt.model import GPT, GPTConfig  # noqa: E402
 from fastgpt.tokenizers import ByteTokenizer  # noqa: E402
+from fastgpt.train.checkpoint import save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ Evaluates a checkpoint on validation loss and on multiple-choice benchmarks and 
   own dataset (its config.yaml ``data`` section, prepared or reused like ``fastgpt.train`` does),
   or on any source the data pipeline reads given as ``--data val_loss=FILE`` (all of it). The
   tokens are cut into consecutive windows of ``block_size``, so each is predicted once.
-* the benchmarks of ``fastgpt.tasks`` (hellaswag, arc_easy, ..., blimp): ``acc`` and ``acc_norm``
-  by log-likelihood (``fastgpt.mcq``), on the hub data set or a local JSONL file
+* the benchmarks of ``fastgpt.eval.tasks`` (hellaswag, arc_easy, ..., blimp): ``acc`` and ``acc_norm``
+  by log-likelihood (``fastgpt.eval.mcq``), on the hub data set or a local JSONL file
   (``--data hellaswag=hellaswag_val.jsonl``).
 
 Without ``--tasks`` it runs the tasks given ``--data`` files, or ``val_loss`` when there are none.
@@ -47,7 +47,7 @@ def evaluate_loss(
     shorter); each token after the first is predicted once, from its window's earlier tokens.
     ``limit`` keeps that many windows, spread evenly.
     """
-    from fastgpt.tasks import spread
+    from fastgpt.eval.tasks import spread
 
     T = model.config.block_size
     if len(tokens) < 2:
@@ -78,8 +78,8 @@ def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None
                 cache_dir: str | None = None) -> np.ndarray:
     """The tokens ``val_loss`` scores: ``source`` read whole and encoded by ``tokenizer`` (an eot
     after each document), or the validation split of the checkpoint's dataset (``confine``d)."""
-    from fastgpt.checkpoint import read_config, resolve_checkpoint
     from fastgpt.data import load_documents, prepare_data
+    from fastgpt.train.checkpoint import read_config, resolve_checkpoint
 
     if source is not None:
         ids: list[int] = []
@@ -130,7 +130,7 @@ def confine(cfg: DataConfig, checkpoint: str | Path, cache_dir: str | None) -> D
 
 def parse_data(entries: list[str]) -> dict[str, str]:
     """``["hellaswag=path.jsonl", ...]`` -> ``{"hellaswag": "path.jsonl"}``; task names are checked."""
-    from fastgpt.tasks import TASKS
+    from fastgpt.eval.tasks import TASKS
 
     data = {}
     for entry in entries:
@@ -154,7 +154,7 @@ def format_table(results: dict[str, dict[str, float | int]]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from fastgpt.tasks import TASKS
+    from fastgpt.eval.tasks import TASKS
 
     p = argparse.ArgumentParser(prog="python -m fastgpt.eval", description="Evaluate a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
@@ -176,9 +176,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastgpt.checkpoint import load
-    from fastgpt.mcq import evaluate_mcq
-    from fastgpt.tasks import get_task, load_items
+    from fastgpt.eval.mcq import evaluate_mcq
+    from fastgpt.eval.tasks import get_task, load_items
+    from fastgpt.train.checkpoint import load
 
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 1 or args.batch_size < 1:
@@ -210,8 +210,3 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    from fastgpt.cli import run
-
-    run(main)

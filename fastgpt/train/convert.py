@@ -1,4 +1,4 @@
-"""``python -m fastgpt.checkpoint_convert --checkpoint DIR --out DIR2``
+"""``python -m fastgpt convert --checkpoint DIR --out DIR2``
 
 Writes a run's latest checkpoint (sharded by ``train.parallel=fsdp``, or not) as one folder holding
 ``model.safetensors``, ``config.yaml`` and the tokenizer, which ``fastgpt.load``,
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from fastgpt.checkpoint import to_single_file
+from fastgpt.train.checkpoint import to_single_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastgpt.checkpoint_convert",
+    p = argparse.ArgumentParser(prog="python -m fastgpt convert",
                                 description="Write a (sharded) checkpoint as a single-file checkpoint folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its latest checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to create")
@@ -25,6 +25,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastgpt.cli import run
+    from fastgpt.__main__ import run
 
     run(main)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastgpt import eval as eval_mod
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import load
-from fastgpt.eval import evaluate_loss
+from fastgpt.eval import evaluate as eval_mod
+from fastgpt.eval.evaluate import evaluate_loss
+from fastgpt.train import trainer as train_mod
+from fastgpt.train.checkpoint import load
 
 WORDS = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
 TINY = [

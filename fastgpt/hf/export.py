@@ -1,7 +1,7 @@
-"""``python -m fastgpt.export --checkpoint DIR --out PATH``: a checkpoint as a Hugging Face model folder.
+"""``python -m fastgpt export --checkpoint DIR --out PATH``: a checkpoint as a Hugging Face model folder.
 
 Writes config.json and model.safetensors (``GPT2LMHeadModel`` or ``LlamaForCausalLM``, see
-``fastgpt.hf``) and, where the tokenizer has a HF equivalent (tiktoken encodings, HF
+``fastgpt.hf.convert``) and, where the tokenizer has a HF equivalent (tiktoken encodings, HF
 ``tokenizers``), tokenizer.json and tokenizer_config.json, so that
 ``AutoModelForCausalLM.from_pretrained(PATH)`` and ``AutoTokenizer.from_pretrained(PATH)`` load it.
 Char and byte tokenizers are skipped with a note.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastgpt.checkpoint import load
-    from fastgpt.hf import hf_architecture, to_hf
+    from fastgpt.hf.convert import hf_architecture
+    from fastgpt.train.checkpoint import load
 
-    p = argparse.ArgumentParser(prog="python -m fastgpt.export",
+    p = argparse.ArgumentParser(prog="python -m fastgpt export",
                                 description="Write a checkpoint as a Hugging Face model folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to write")
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--out {args.out!r} is a file; name a folder to write the Hugging Face model into")
     model, tokenizer = load(args.checkpoint, allow_pickle=args.allow_pickle)
     arch = hf_architecture(model.config)  # refuses what HF cannot express, before writing anything
-    files = to_hf(model, args.out, tokenizer)
+    files = model.to_hf(args.out, tokenizer)
     print(f"wrote a {arch} to {args.out}: {', '.join(files)}")
     if not any(f.startswith("tokenizer") for f in files):
         print(f"note: the {tokenizer.name} tokenizer has no Hugging Face equivalent; no tokenizer files written",
@@ -39,6 +39,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastgpt.cli import run
+    from fastgpt.__main__ import run
 
     run(main)

@@ -1,0 +1,4 @@
+"""Training: the loop (``trainer``), its checkpoints, schedules, default recipes, metrics and torchrun set-up.
+
+``python -m fastgpt.train`` (or ``python -m fastgpt train``) runs ``fastgpt.train.trainer.main``.
+"""
