@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fastgpt.data import DataConfig
+from fastgpt.device import resolve_device
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         if task != VAL_LOSS:
             get_task(task)  # unknown names fail before the model loads
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device, "--device")
     model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
     dtype = getattr(torch, args.dtype)
     autocast = (torch.autocast(model.wte.weight.device.type, dtype=dtype) if dtype != torch.float32

@@ -111,8 +111,11 @@ class Checkpointer:
             self.scaler.load_state_dict(state["scaler"])
             self.loader.load_state_dict(state["loader"])
             counters = {"iter": state["iter"], "best_val": state["best_val"], "nonfinite": state["nonfinite"]}
+            if not all(isinstance(counters[k], int) and counters[k] >= 0 for k in ("iter", "nonfinite")) or \
+                    not isinstance(counters["best_val"], float | int):
+                raise TypeError(f"counters of the wrong types or signs: {counters}")
             self._restore_rng(state["rng"], counters["iter"])
-        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as exc:  # another layout, or damaged
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:  # damaged
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None
         self.saved_iter = counters["iter"]

@@ -43,6 +43,7 @@ from fastgpt.train.distributed import (
 )
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
+from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.recipes import default_recipe
 from fastgpt.train.run_dir import RunLock, holds_run
 from fastgpt.train.schedule import make_scheduler
@@ -58,6 +59,7 @@ class Trainer:
         """``resume``: None for a new run, else the checkpoint to continue (latest, best, ckpt-NNNNNN)."""
         self.cfg, self.env = cfg, env
         self.out_dir = cfg.train.out_dir
+        check_backends(cfg.model, env.device)  # before preparing data: an explicit backend that cannot run here
         self.data = self._prepare_data()
         tok = self.data.tokenizer
         if cfg.model.vocab_size != tok.vocab_size:  # the tokenizer decides the vocabulary
@@ -66,6 +68,7 @@ class Trainer:
         self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
         hf_model = self._from_hf() if cfg.train.init_from != "scratch" else None  # sets self.cfg.model
         self._check_data_size()
+        check_memory(self.cfg, env.device)  # the real vocabulary is known now; nothing is allocated yet
         self.sharded = cfg.train.parallel == "fsdp"  # DCP checkpoints; FSDP2 shards when distributed
         self.fsdp = self.sharded and env.distributed
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them in place)
@@ -304,7 +307,10 @@ class Trainer:
     def sample(self) -> None:
         tok = self.data.tokenizer
         self.model.eval()
-        prompt = tok.encode("\n")
+        try:
+            prompt = tok.encode("\n")
+        except ValueError:  # a char vocabulary without a newline
+            prompt = [tok.eot_id]
         g = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
         ids = list(generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=200,
                             eot_id=tok.eot_id, generator=g))
