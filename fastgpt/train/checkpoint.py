@@ -43,6 +43,7 @@ from fastgpt.config import GPTConfig
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
 from fastgpt.train import run_dir
+from fastgpt.train.preflight import check_weights_fit
 
 POINTERS = ("latest", "best")
 SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
@@ -286,8 +287,13 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
     if tokenizer.vocab_size > model_config.vocab_size:
         raise CheckpointError(f"checkpoint {str(ckpt)!r}: its tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} "
                               f"tokens but the model only {model_config.vocab_size}; they do not belong together")
-    with torch.device(device):
-        model = GPT(model_config)
+    check_weights_fit(model_config, torch.device(device), f"checkpoint {str(ckpt)!r}")
+    try:
+        with torch.device(device):
+            model = GPT(model_config)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a field of a type validate() does not check
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has a model config that builds no model: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
     if is_sharded(ckpt):
         _load_sharded_weights(model, ckpt)
     else:

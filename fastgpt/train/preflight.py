@@ -38,6 +38,15 @@ def device_memory(device: torch.device) -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def check_weights_fit(m: GPTConfig, device: torch.device, what: str) -> None:
+    """Refuse a model (``what`` says whose config) whose fp32 weights alone exceed ``device``'s memory."""
+    need, have = parameter_count(m) * 4, device_memory(device)
+    if need > have:
+        raise ValueError(f"{what}: its model (model.n_layer={m.n_layer}, model.n_embd={m.n_embd}, vocab "
+                         f"{m.vocab_size}) needs {need / 2**30:,.1f} GiB for its weights but {device} has "
+                         f"{have / 2**30:,.1f} GiB")
+
+
 def check_memory(cfg: Config, device: torch.device) -> None:
     """Refuse a run whose weights, optimizer state and logits alone cannot fit on ``device``: it
     would otherwise abort or swap for hours instead of failing with a message."""
