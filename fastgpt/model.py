@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
     from fastgpt.tokenizers import Tokenizer
 
+# the Linear layers whose output is added to the residual stream (scaled at gpt2 init), by module name
+RESIDUAL_PROJECTIONS = (".attn.c_proj", ".mlp.c_proj", ".mlp.down")
+
+
 class Block(nn.Module):
     """Pre-norm transformer block; the residual add is fused into the next norm."""
 
@@ -47,17 +51,18 @@ class Block(nn.Module):
 
 
 def _add_norm(config: GPTConfig) -> AddNorm:
-    return AddNorm(config.norm, config.n_embd, config.norm_eps, config.bias, config.norm_backend)
+    return AddNorm(config.norm, config.n_embd, eps=config.norm_eps, bias=config.bias, backend=config.norm_backend)
 
 
 def _attention(config: GPTConfig, rotary: Rotary | None) -> SelfAttention:
-    return SelfAttention(config.n_embd, config.n_head, config.n_kv_head, config.bias, config.causal,
-                         config.attn_dropout, config.dropout, config.attn_backend, rotary)
+    return SelfAttention(config.n_embd, config.n_head, n_kv_head=config.n_kv_head, bias=config.bias,
+                         causal=config.causal, attn_dropout=config.attn_dropout, dropout=config.dropout,
+                         backend=config.attn_backend, rotary=rotary)
 
 
 def _ffn(config: GPTConfig) -> nn.Module:
     cls = MLP if config.ffn_type == "gelu_mlp" else GatedMLP
-    return cls(config.n_embd, config.ffn_dim, config.activation, config.bias, config.dropout)
+    return cls(config.n_embd, config.ffn_dim, activation=config.activation, bias=config.bias, dropout=config.dropout)
 
 
 class GPT(nn.Module):
@@ -128,11 +133,11 @@ class GPT(nn.Module):
         if cfg.init == "none" or self.wte.weight.is_meta:
             return
         std = 0.02 * cfg.init_gain
-        for module in self.modules():
+        for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 if cfg.init == "gpt2":
                     # residual projections shrink with depth so the residual stream's variance stays put
-                    scale = 1 / math.sqrt(2 * cfg.n_layer) if getattr(module, "residual_proj", False) else 1.0
+                    scale = 1 / math.sqrt(2 * cfg.n_layer) if name.endswith(RESIDUAL_PROJECTIONS) else 1.0
                     nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 elif cfg.init == "xavier":
                     nn.init.xavier_normal_(module.weight, gain=cfg.init_gain)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -216,3 +217,25 @@ def test_compiled_model_has_no_graph_breaks_and_matches_eager(opts: dict) -> Non
         model.zero_grad(set_to_none=True)
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ffn_type", ["gelu_mlp", "swiglu"])
+def test_gpt2_init_scales_the_residual_projections_by_name(ffn_type: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, ffn_type=ffn_type))
+    shrink = 1 / math.sqrt(2 * 8)
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and name.startswith("blocks."):
+            residual = name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight", "mlp.down.weight"))
+            assert p.std().item() == pytest.approx(0.02 * (shrink if residual else 1.0), rel=0.05), name
+
+
+def test_sublayer_options_are_keyword_only() -> None:
+    from fastgpt.nn import MLP, SelfAttention
+
+    with pytest.raises(TypeError):
+        SelfAttention(64, 4, 4, True, True, 0.1, 0.0, "auto", None)  # swapped dropouts would go unnoticed
+    with pytest.raises(TypeError):
+        MLP(64, 256, "gelu", True, 0.0)
+    attn = SelfAttention(64, 4, n_kv_head=2, attn_dropout=0.1, dropout=0.2)
+    assert (attn.n_kv_head, attn.attn_dropout, attn.resid_dropout.p) == (2, 0.1, 0.2)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fastgpt.config import GPTConfig
 from fastgpt.hf.state_dict_adapter import ADAPTERS, from_hf_state, to_hf_state
-from fastgpt.hf.tokenizer_files import hf_tokenizer
+from fastgpt.hf.tokenizer_files import transformers_tokenizer
 
 if TYPE_CHECKING:
     from fastgpt.model import GPT
@@ -202,7 +202,7 @@ def write_hf(model: GPT, path: str | os.PathLike, tokenizer: Tokenizer | None = 
     config.save_pretrained(path)
     save_file(hf_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
     files = ["config.json", "model.safetensors"]
-    hf_tok = hf_tokenizer(tokenizer, model.config.block_size) if tokenizer is not None else None
+    hf_tok = transformers_tokenizer(tokenizer, model.config.block_size) if tokenizer is not None else None
     if hf_tok is not None:
         files += sorted({Path(f).name for f in hf_tok.save_pretrained(str(path))})
     return files

@@ -4,7 +4,7 @@
   tokenizer.json, with eos/bos/pad set from fastgpt's special ids;
 * tiktoken encodings (``gpt2``, ``cl100k_base``, ...): rebuilt as a byte-level BPE with the
   encoding's split regex and ranks, its merges recovered from the ranks (``bpe_merges``);
-* char and byte tokenizers have no HF equivalent: ``hf_tokenizer`` returns None.
+* char and byte tokenizers have no HF equivalent: ``transformers_tokenizer`` returns None.
 
 One difference remains: HF tokenizers read special-token text such as ``<|endoftext|>`` in the
 input as the special id; fastgpt's ``encode`` reads it as plain text.
@@ -24,7 +24,7 @@ from tokenizers import Tokenizer as HFTok
 from fastgpt.tokenizers import HF_FILE, HFTokenizer, TiktokenTokenizer, Tokenizer
 
 
-def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int | None = None) -> Any | None:
+def transformers_tokenizer(tokenizer: Tokenizer, model_max_length: int | None = None) -> Any | None:
     """A transformers fast tokenizer encoding exactly as ``tokenizer`` does, or None when there
     is none (char and byte tokenizers). tiktoken encodings become a byte-level BPE whose merges
     are recovered from the encoding's ranks."""

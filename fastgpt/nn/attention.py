@@ -38,9 +38,12 @@ class KVCache:
 class SelfAttention(nn.Module):
     """Causal (or bidirectional) self-attention; ``n_kv_head < n_head`` gives GQA/MQA."""
 
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, bias: bool, causal: bool,
-                 attn_dropout: float, dropout: float, backend: str, rotary: Rotary | None) -> None:
+    def __init__(self, n_embd: int, n_head: int, *, n_kv_head: int | None = None, bias: bool = True,
+                 causal: bool = True, attn_dropout: float = 0.0, dropout: float = 0.0, backend: str = "auto",
+                 rotary: Rotary | None = None) -> None:
+        """``attn_dropout`` drops attention probabilities, ``dropout`` the output (residual dropout)."""
         super().__init__()
+        n_kv_head = n_kv_head or n_head
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = n_embd // n_head
         self.causal = causal
@@ -50,7 +53,6 @@ class SelfAttention(nn.Module):
         # one projection for q, k and v: (n_head + 2 * n_kv_head) heads of head_dim
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.c_proj.residual_proj = True  # scaled at init (GPT-2)
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:

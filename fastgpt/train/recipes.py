@@ -1,6 +1,5 @@
-"""What ``python -m fastgpt.train`` runs with no ``--config``: Shakespeare, sized for the machine.
-
-Mirrored in ``configs/shakespeare-cpu.yaml`` and ``configs/shakespeare-gpu.yaml``.
+"""What ``python -m fastgpt.train`` runs with no ``--config``: Shakespeare, sized for the machine
+(``--recipe cpu|gpu`` chooses). Defined here only; any key can be overridden as ``section.key=value``.
 """
 
 from __future__ import annotations
@@ -26,6 +25,13 @@ GPU = {
 }
 
 
-def default_recipe() -> dict:
-    """The GPU recipe when CUDA is available, else the CPU one."""
-    return GPU if torch.cuda.is_available() else CPU
+RECIPES = {"cpu": CPU, "gpu": GPU}
+
+
+def default_recipe(name: str | None = None) -> dict:
+    """The recipe ``name`` (cpu | gpu); None: the GPU recipe when CUDA is available, else the CPU one."""
+    if name is None:
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]

@@ -1,4 +1,4 @@
-"""``python -m fastgpt.train [--config FILE] [--resume] [section.key=value ...]``
+"""``python -m fastgpt.train [--config FILE | --recipe cpu|gpu] [--resume] [section.key=value ...]``
 
 Prepares the data, builds the model, and trains it: AdamW with warmup and a decay schedule,
 gradient accumulation and clipping, mixed precision, periodic evaluation, ``metrics.jsonl`` and
@@ -366,7 +366,9 @@ def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1])
-    p.add_argument("--config", help="a YAML config (default: Shakespeare sized for this machine)")
+    p.add_argument("--config", help="a YAML config (default: a built-in recipe, see --recipe)")
+    p.add_argument("--recipe", choices=("cpu", "gpu"),
+                   help="the built-in Shakespeare recipe used without --config (default: gpu when CUDA is available)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="WHICH",
                    help="continue the run in train.out_dir from its latest checkpoint; --resume=best, or a "
                         "checkpoint of the run by name (--resume=ckpt-000500)")
@@ -375,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and "=" in args.resume:  # ``--resume train.x=1``: an override, not a name
         args.overrides.insert(0, args.resume)
         args.resume = "latest"
-    # no --config: the machine's default recipe (fastgpt.train.recipes)
-    cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe())
+    if args.config and args.recipe:
+        raise ValueError("give --config FILE or --recipe NAME, not both")
+    # no --config: a built-in recipe (fastgpt.train.recipes)
+    cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe(args.recipe))
     env = setup(cfg.train.device)
     lock = RunLock(pathlib.Path(cfg.train.out_dir)) if env.is_main else None
     try:

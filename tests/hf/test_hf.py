@@ -10,7 +10,7 @@ import torch
 
 from fastgpt.hf import export as export_mod
 from fastgpt.hf.convert import hf_architecture
-from fastgpt.hf.tokenizer_files import hf_tokenizer
+from fastgpt.hf.tokenizer_files import transformers_tokenizer
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizers import build_tokenizer
 from fastgpt.train import trainer as train_mod
@@ -167,9 +167,9 @@ def test_export_cli_llama_style_skips_char_tokenizer(tmp_path: Path, capsys: pyt
     torch.testing.assert_close(_logits(hf_model, idx), _logits(model, idx), rtol=1e-5, atol=1e-5)
 
 
-def test_tiktoken_gpt2_becomes_an_identical_hf_tokenizer(tiktoken_cache: Path, shared_data: Path) -> None:
+def test_tiktoken_gpt2_becomes_an_identical_transformers_tokenizer(tiktoken_cache: Path, shared_data: Path) -> None:
     tok = build_tokenizer("gpt2")
-    hf_tok = hf_tokenizer(tok)
+    hf_tok = transformers_tokenizer(tok)
     texts = [json.loads(line)["ctx"] for line in (shared_data / "hellaswag_val.jsonl").open().readlines()[:200]]
     texts += ["  two  spaces\n\n\ttab", "naïve café 日本語 🎉", "It's 12345 o'clock!!", " 's 'LL\r\n"]
     assert [hf_tok(t)["input_ids"] for t in texts] == [tok.encode(t) for t in texts]

@@ -173,3 +173,20 @@ def test_the_vocabulary_the_tokenizer_sets_is_logged(tmp_path: Path, corpus: Pat
     err = capsys.readouterr().err
     saved = fastgpt.load(tmp_path / "out")[0].config.vocab_size
     assert saved < 999 and f"model.vocab_size=999 set to {saved}, the vocabulary of data.tokenizer='char'" in err
+
+
+def test_recipe_flag_picks_the_built_in_recipe(tmp_path: Path, corpus: Path, monkeypatch, cli_error) -> None:
+    from fastgpt.train import recipes
+
+    seen = {}
+    monkeypatch.setattr(train_mod.Trainer, "run", lambda self: seen.update(cfg=self.cfg))
+    data = [f"data.dataset={corpus}", f"data.cache_dir={tmp_path / 'cache'}", f"train.out_dir={tmp_path / 'out'}",
+            "train.device=cpu", "train.dtype=float32"]
+    train_mod.main(["--recipe", "gpu", *data])
+    assert seen["cfg"].train.batch_size == recipes.GPU["train"]["batch_size"] != recipes.CPU["train"]["batch_size"]
+    assert (seen["cfg"].model.n_layer, seen["cfg"].model.n_embd) == (6, 384)  # the shakespeare-char preset
+    train_mod.main(["--recipe", "cpu", *data])
+    assert (seen["cfg"].model.n_layer, seen["cfg"].train.batch_size) == (4, recipes.CPU["train"]["batch_size"])
+    config = tmp_path / "run.yaml"
+    config.write_text("train: {max_iters: 3}\n")
+    assert "not both" in cli_error(train_mod.main, ["--config", str(config), "--recipe", "cpu", *data])
