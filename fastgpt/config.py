@@ -27,6 +27,15 @@ POS_ENCODINGS = ("learned", "sincos", "rope", "none")
 INITS = ("gpt2", "xavier", "kaiming", "none")
 INIT_MODES = ("fan_in", "fan_out")
 INIT_NONLINEARITIES = ("relu", "leaky_relu", "linear", "tanh", "sigmoid")
+# upper bounds checked before anything is allocated: far beyond any model or run this package trains,
+# well below sizes that overflow 32-bit indexing or loop for days (the run's memory is checked later,
+# against the machine, by fastgpt.train.preflight)
+MODEL_LIMITS = {"vocab_size": 1 << 24, "block_size": 1 << 20, "n_layer": 1024, "n_head": 1 << 12,
+                "n_kv_head": 1 << 12, "n_embd": 1 << 16, "ffn_dim": 1 << 18}
+TRAIN_LIMITS = {"batch_size": 1 << 20, "grad_accum_steps": 1 << 20, "eval_iters": 100_000,
+                "max_iters": 1 << 40, "sample_tokens": 1 << 20}
+MAX_SPECIAL_TOKEN_WEIGHT = 1000.0
+MAX_WORKERS = 1024
 
 
 @dataclass
@@ -74,6 +83,9 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+            _at_most(f"model.{name}", value, MODEL_LIMITS[name])
+        if not isinstance(self.init_gain, int | float) or not 0 < self.init_gain < math.inf:
+            raise ValueError(f"model.init_gain must be a positive finite number, got {self.init_gain!r}")
         choices = {
             "ffn_type": FFN_TYPES, "activation": tuple(ACTIVATIONS), "norm": NORMS,
             "pos_encoding": POS_ENCODINGS, "init": INITS, "init_mode": INIT_MODES,
@@ -136,10 +148,14 @@ class DataConfig:
             raise ValueError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {self.mode!r}")
         if self.special_token_weight < 0:
             raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
+        _at_most("data.special_token_weight", self.special_token_weight, MAX_SPECIAL_TOKEN_WEIGHT)
+        _at_most("data.num_workers", self.num_workers, MAX_WORKERS)
         if self.num_workers < 0 or self.seed < 0:
             raise ValueError(f"data.num_workers and data.seed must be >= 0, got {self.num_workers}, {self.seed}")
         if self.vocab_size is not None and self.vocab_size < 258:
             raise ValueError(f"data.vocab_size must be at least 258 (256 bytes + eot + pad), got {self.vocab_size}")
+        if self.vocab_size is not None:
+            _at_most("data.vocab_size", self.vocab_size, MODEL_LIMITS["vocab_size"])
 
     @property
     def sources(self) -> list[str]:
@@ -166,12 +182,15 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     sample_tokens: int = 200  # tokens of text sampled at the end of training (0 = none)
     init_from: str = "scratch"  # scratch | hf:PATH_OR_HUB_ID (a Hugging Face GPT-2 or Llama; sets model.*)
+    overwrite: bool = False  # a new run may replace the run already in out_dir (else it is refused)
 
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
             _positive(f"train.{name}", getattr(self, name))
+        for name, limit in TRAIN_LIMITS.items():
+            _at_most(f"train.{name}", getattr(self, name), limit)
         if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
             raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
         if self.init_from != "scratch" and not (self.init_from.startswith("hf:") and len(self.init_from) > 3):
@@ -202,6 +221,9 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be positive and optim.min_lr >= 0 (got {self.lr!r}, {self.min_lr!r})")
         if self.warmup_iters < 0:
             raise ValueError(f"optim.warmup_iters must be >= 0, got {self.warmup_iters!r}")
+        _positive("optim.step_size", self.step_size)
+        if not self.gamma > 0:
+            raise ValueError(f"optim.gamma must be positive, got {self.gamma!r}")
 
 
 @dataclass
@@ -373,6 +395,11 @@ def _near(key: str, valid: typing.Iterable[str], section: str | None = None) -> 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_most(name: str, value: float, limit: float) -> None:
+    if value > limit:
+        raise ValueError(f"{name}={value!r} is beyond the limit of {limit:,}")
 
 
 def _positive(name: str, value: int) -> None:

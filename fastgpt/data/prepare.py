@@ -32,7 +32,7 @@ from tqdm import tqdm
 from fastgpt.config import DataConfig
 from fastgpt.data.loader import TokenLoader
 from fastgpt.data.sources import load_documents, source_fingerprint
-from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer
+from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -113,7 +113,8 @@ def _cache_key(cfg: DataConfig) -> dict:
     tokenizer: dict = {"name": cfg.tokenizer}
     if cfg.tokenizer == "bpe":
         tokenizer.update(vocab_size=cfg.vocab_size, simplify=cfg.simplify)
-    elif (path := Path(cfg.tokenizer).expanduser()).exists():
+    elif path_exists(cfg.tokenizer):
+        path = Path(cfg.tokenizer).expanduser()
         stat = (path / HF_FILE if path.is_dir() else path).stat()
         tokenizer.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     return {
@@ -130,8 +131,8 @@ def _cache_key(cfg: DataConfig) -> dict:
 
 def _folder_name(cfg: DataConfig, digest: str) -> str:
     """A readable folder name: first source, tokenizer, hash."""
-    parts = [Path(cfg.sources[0]).stem, *(["mix"] if len(cfg.sources) > 1 else []), Path(cfg.tokenizer).stem]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) + f"-{digest}"
+    parts = [Path(cfg.sources[0]).stem[:60], *(["mix"] if len(cfg.sources) > 1 else []), Path(cfg.tokenizer).stem[:60]]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) + f"-{digest}"  # under 255 bytes: the hash tells apart
 
 
 def _reusable(directory: Path, digest: str) -> PreparedData | None:
@@ -226,6 +227,16 @@ def _write(directory: Path, split: str, tokens: list[np.ndarray], bounds: list[n
     return len(stream)
 
 
+def _fsync_folder(directory: Path) -> None:
+    """Flush every file in ``directory`` and then the folder (its entries) to disk."""
+    for path in [*sorted(p for p in directory.iterdir() if p.is_file()), directory]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Tokenize ``cfg``'s sources into a cache folder (or reuse a matching one) and open it."""
     key = _cache_key(cfg)
@@ -264,5 +275,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     }  # fmt: skip
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
+    _fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
     os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
+    _fsync_folder(directory)  # and the rename itself
     return PreparedData(directory, tokenizer, manifest)

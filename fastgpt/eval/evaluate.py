@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fastgpt.data import DataConfig
+from fastgpt.device import resolve_device
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
 
@@ -72,10 +75,11 @@ def evaluate_loss(
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 
 
-def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None) -> np.ndarray:
+def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None,
+                cache_dir: str | None = None) -> np.ndarray:
     """The tokens ``val_loss`` scores: ``source`` read whole and encoded by ``tokenizer`` (an eot
-    after each document), or the validation split of the checkpoint's dataset."""
-    from fastgpt.data import DataConfig, load_documents, prepare_data
+    after each document), or the validation split of the checkpoint's dataset (``confine``d)."""
+    from fastgpt.data import load_documents, prepare_data
     from fastgpt.train.checkpoint import read_config, resolve_checkpoint
 
     if source is not None:
@@ -91,7 +95,7 @@ def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None
         data_config = DataConfig(**data_cfg)
     except TypeError as exc:
         raise ValueError(f"checkpoint {str(checkpoint)!r} has an unusable data section ({exc})") from None
-    data = prepare_data(data_config, progress=True)
+    data = prepare_data(confine(data_config, checkpoint, cache_dir), progress=True)
     if data.tokenizer.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the re-prepared dataset's tokenizer ({data.tokenizer.name}, vocab "
                          f"{data.tokenizer.vocab_size}) differs from the checkpoint's (vocab {tokenizer.vocab_size}); "
@@ -100,6 +104,29 @@ def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None
         raise ValueError(f"the checkpoint's dataset has no validation tokens (data.val_fraction="
                          f"{data_cfg.get('val_fraction')}); pass --data val_loss=FILE")
     return data.val_tokens()
+
+
+def confine(cfg: DataConfig, checkpoint: str | Path, cache_dir: str | None) -> DataConfig:
+    """The checkpoint's data section, kept to the folders the user named: its local dataset and
+    tokenizer files must lie inside the current folder (else ValueError), and it prepares into
+    ``cache_dir`` when given, else into its own cache_dir if inside the current folder, else into
+    the default ``data_cache`` here."""
+    from fastgpt.data.sources import looks_like_path
+    from fastgpt.tokenizers import is_tokenizer_path
+
+    here = Path.cwd().resolve()
+    named = [("data.dataset", s) for s in cfg.sources if looks_like_path(s) or Path(s).expanduser().exists()]
+    if is_tokenizer_path(cfg.tokenizer):
+        named.append(("data.tokenizer", cfg.tokenizer))
+    for key, value in named:
+        if not Path(value).expanduser().resolve().is_relative_to(here):
+            raise ValueError(f"checkpoint {str(checkpoint)!r} names {key}={value[:120]!r}, outside the current folder "
+                             f"{str(here)!r}; eval reads no file a checkpoint names outside it: run it from a folder "
+                             "holding that file, or pass --data val_loss=FILE")
+    if cache_dir is None:
+        inside = Path(cfg.cache_dir).expanduser().resolve().is_relative_to(here)
+        cache_dir = cfg.cache_dir if inside else DataConfig().cache_dir
+    return replace(cfg, cache_dir=cache_dir)
 
 
 def parse_data(entries: list[str]) -> dict[str, str]:
@@ -138,9 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="questions per task (val_loss: windows), spread over the set")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--cache_dir", help="where val_loss prepares the checkpoint's dataset (default: its "
+                                       "data.cache_dir if inside the current folder, else data_cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="autocast dtype on CUDA")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="also read a checkpoint of DCP shards only (train.parallel=fsdp), whose pickled metadata "
+                        "can run code: only for runs of your own")
     return p
 
 
@@ -152,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 1 or args.batch_size < 1:
         raise ValueError(f"--limit and --batch_size must be >= 1, got {args.limit} and {args.batch_size}")
+    if args.output and (Path(args.output).is_dir() or not Path(args.output).parent.is_dir()):
+        what = "is a folder" if Path(args.output).is_dir() else "is in a folder that does not exist"
+        raise ValueError(f"--output {args.output!r} {what}; name a JSON file to write (checked before any task runs)")
     data = parse_data(args.data)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(data) or [VAL_LOSS]
     for task in tasks:
         if task != VAL_LOSS:
             get_task(task)  # unknown names fail before the model loads
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tokenizer = load(args.checkpoint, device=device)
+    device = resolve_device(args.device, "--device")
+    model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
     dtype = getattr(torch, args.dtype)
     autocast = (torch.autocast(model.wte.weight.device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
@@ -166,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         with autocast:
             if task == VAL_LOSS:
-                tokens = loss_tokens(args.checkpoint, tokenizer, data.get(VAL_LOSS))
+                tokens = loss_tokens(args.checkpoint, tokenizer, data.get(VAL_LOSS), args.cache_dir)
                 results[task] = evaluate_loss(model, tokens, args.batch_size, args.limit, progress=True)
             else:
                 items = load_items(task, data.get(task), args.limit)

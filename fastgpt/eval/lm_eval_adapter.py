@@ -32,6 +32,7 @@ except ImportError as exc:
         sys.exit(2)
     raise ModuleNotFoundError(_MISSING, name=exc.name) from exc
 
+from fastgpt.device import resolve_device
 from fastgpt.eval.mcq import encode_pair, score_tokens
 from fastgpt.generate import generate
 from fastgpt.tokenizers import EOT_TEXT
@@ -52,17 +53,19 @@ class FastGPTLM(LM):
         max_batch_size: int | None = None,
         dtype: str = "float32",
         max_gen_toks: int = 256,
+        allow_pickle: bool | str = False,
     ) -> None:
         super().__init__()
-        if device in (None, "auto"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device("auto" if device is None else device, "device")
         # lm_eval passes batch_size as given on its command line: a number, or "auto" (not supported: default)
         size = str(batch_size) if batch_size is not None else ""
         self.batch_size = int(size) if size.isdigit() else min(DEFAULT_BATCH_SIZE, max_batch_size or DEFAULT_BATCH_SIZE)
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={dtype!r} is not one of float32, bfloat16, float16")
-        self.model, self.tokenizer = load(checkpoint, device=device)
-        self._device = torch.device(device)
+        # lm_eval passes --model_args values as strings: only an explicit true reads pickled DCP metadata
+        trusted = allow_pickle is True or str(allow_pickle).lower() == "true"
+        self.model, self.tokenizer = load(checkpoint, device=device, allow_pickle=trusted)
+        self._device = device
         self.dtype = getattr(torch, dtype)
         self.max_gen_toks = int(max_gen_toks)
 

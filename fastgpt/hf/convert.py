@@ -218,7 +218,20 @@ def _read_hf(name: str) -> tuple[Any, dict[str, Tensor]]:
         path = _download(name)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json")
-    return AutoConfig.from_pretrained(str(path)), _read_weights(path)
+    try:  # never the folder's own code: a config asking for it (auto_map) is refused
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (ValueError, OSError, KeyError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{str(path)!r}: config.json is not a config transformers reads without running the "
+                         f"folder's code ({type(exc).__name__}: {reason})") from None
+    try:  # safetensors, or a .bin unpickled with weights_only (a pickled object is refused, not run)
+        weights = _read_weights(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # SafetensorError, UnpicklingError, a broken index: no common base class
+        reason = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{str(path)!r} has unreadable weights ({type(exc).__name__}: {reason})") from None
+    return config, weights
 
 
 def _download(repo_id: str) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +22,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Write a checkpoint as a Hugging Face model folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="also read a checkpoint of DCP shards only (train.parallel=fsdp), whose pickled metadata "
+                        "can run code: only for runs of your own")
     args = p.parse_args(argv)
-    model, tokenizer = load(args.checkpoint)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a file; name a folder to write the Hugging Face model into")
+    model, tokenizer = load(args.checkpoint, allow_pickle=args.allow_pickle)
     arch = hf_architecture(model.config)  # refuses what HF cannot express, before writing anything
     files = model.to_hf(args.out, tokenizer)
     print(f"wrote a {arch} to {args.out}: {', '.join(files)}")

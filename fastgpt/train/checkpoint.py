@@ -25,6 +25,7 @@ turns it into the single-file form.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -41,9 +42,12 @@ from safetensors.torch import load_model, save_model
 from fastgpt.config import GPTConfig
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
+from fastgpt.train import run_dir
+from fastgpt.train.preflight import check_weights_fit
 
 POINTERS = ("latest", "best")
 SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
+RACE_RETRIES = 5  # resolve a run's pointer again when the checkpoint it named was pruned during the read
 
 
 class CheckpointError(ValueError):
@@ -63,7 +67,8 @@ def save_checkpoint(
     """Write ``ckpt-{step}`` atomically, point ``latest`` (and ``best`` if asked) at it, prune.
 
     ``staged`` is a ``staging_dir`` the ranks already wrote their shards into (``model`` is then None).
-    Raises OSError (disk full, ...) with the old checkpoint untouched. A step is saved once: saving
+    Raises OSError (disk full, ...: whatever the writer's own error type) with the old checkpoint
+    untouched. A step is saved once: saving
     it again would replace a folder a pointer may name.
     """
     out = Path(out_dir)
@@ -76,6 +81,12 @@ def save_checkpoint(
         if final.exists():  # left by a save that died before moving the pointers
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, torch.save's RuntimeError: not OSErrors
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failure(exc, out) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -137,18 +148,22 @@ def load_shards(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def is_sharded(ckpt: Path) -> bool:
-    """True for a checkpoint folder whose weights are DCP shards."""
-    return (ckpt / SHARDS / ".metadata").is_file()
+    """True for a checkpoint folder whose weights are DCP shards only. Beside a model.safetensors a
+    ``sharded/`` folder is never read: its ``.metadata`` is a pickle, and unpickling can run code."""
+    return (ckpt / SHARDS / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
 
 
-def to_single_file(src: str | Path, out: str | Path) -> Path:
+def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) -> Path:
     """Write the checkpoint ``src`` (a run's out_dir: its ``latest``) as one folder ``out`` that holds
-    ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming."""
+    ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming.
+
+    Converting one's own sharded run is what this is for, so DCP's pickled ``.metadata`` is read
+    (``allow_pickle``); beside a model.safetensors it never is (``is_sharded``)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {str(out)!r} exists and is not empty; name a new folder")
     ckpt = resolve_checkpoint(src, "latest")
-    model, tokenizer = load(ckpt)
+    model, tokenizer = load(ckpt, allow_pickle=allow_pickle)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -161,19 +176,38 @@ def to_single_file(src: str | Path, out: str | Path) -> Path:
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """The checkpoint folder for ``path``: itself, or what its ``which`` pointer names."""
+    """The checkpoint folder for ``path``: itself, or what its ``which`` pointer names.
+
+    A pointer may only name a ``ckpt-NNNNNN`` folder inside ``path`` (``fastgpt.train.run_dir``). When it
+    is missing or names no complete checkpoint (a run killed between renaming ``ckpt-N`` into place
+    and writing the pointer), ``best`` falls back to ``latest``, and ``latest`` to the newest complete
+    checkpoint; a pointer naming anything else (``../x``, ``/abs``, a symlink out) is refused.
+    ``which`` may also name a checkpoint of the run (``ckpt-000500``).
+    """
     path = Path(path)
     if _complete(path):
         return path
-    pointer = path / which
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if not pointer.is_file():
-        raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors and no {which!r} pointer)")
-    target = path / pointer.read_text().strip()
-    if not _complete(target):
-        raise CheckpointError(f"checkpoint {str(target)!r} named by {str(pointer)!r} is missing or incomplete")
-    return target
+    if which not in POINTERS:
+        named = run_dir.inside(path, which)
+        if named is None or not _complete(named):
+            have = ", ".join(c.name for c in run_dir.checkpoints(path) if _complete(c)) or "none"
+            raise CheckpointError(f"{str(path)!r} has no complete checkpoint {which!r} (it has: {have}); "
+                                  f"name one of them, or {' or '.join(POINTERS)}")
+        return named
+    for pointer in (which, "latest") if which == "best" else (which,):
+        try:
+            target = run_dir.pointed(path, pointer)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        if target is not None and _complete(target):
+            return target
+    complete = [c for c in run_dir.checkpoints(path) if _complete(c)]
+    if complete:
+        return complete[-1]
+    raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors, and no complete "
+                          f"ckpt-NNNNNN folder for its {which!r} pointer or beside it)")
 
 
 def read_config(ckpt: Path) -> dict[str, Any]:
@@ -206,18 +240,41 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     if not (ckpt / "state.pt").exists():
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no state.pt: it holds weights only "
                               "(for fastgpt.load) and cannot be resumed")
-    try:
-        return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors, numbers, strings and containers only; a pickled object is refused, not run
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} has an unreadable state.pt: {exc}") from None
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has an unreadable state.pt: {_first_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has a state.pt holding a {type(state).__name__}, not a dict")
+    return state
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", which: str = "best") -> tuple[GPT, Tokenizer]:
+def load(path: str | Path, device: str | torch.device = "cpu", which: str = "best",
+         allow_pickle: bool = False) -> tuple[GPT, Tokenizer]:
     """``(model, tokenizer)`` from a checkpoint folder or a run's out_dir (its ``which`` pointer).
 
-    The model is in eval mode on ``device``.
+    The model is in eval mode on ``device``. A checkpoint holding only DCP shards (``train.parallel=
+    fsdp``) is refused unless ``allow_pickle``: DCP's ``.metadata`` is a pickle, which can run code,
+    so only a run of your own should be read that way (or converted: ``python -m fastgpt convert``).
+    A checkpoint pruned by a run training into ``path`` while it is read is resolved again.
     """
     ckpt = resolve_checkpoint(path, which)
+    for _ in range(RACE_RETRIES):
+        try:
+            return _load(ckpt, device, allow_pickle)
+        except (CheckpointError, OSError):
+            now = resolve_checkpoint(path, which)
+            if now == ckpt:  # still the checkpoint the run names: a real failure, not a pruned one
+                raise
+            ckpt = now
+    return _load(ckpt, device, allow_pickle)
+
+
+def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[GPT, Tokenizer]:
+    if is_sharded(ckpt) and not allow_pickle:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} holds DCP shards only, whose .metadata is a pickle that "
+                              "can run code; if it is your own run, convert it with python -m "
+                              "fastgpt convert, or load it with allow_pickle=True (--allow_pickle)")
     config = read_config(ckpt)
     try:
         model_config = GPTConfig(**config["model"])
@@ -230,8 +287,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "bes
     if tokenizer.vocab_size > model_config.vocab_size:
         raise CheckpointError(f"checkpoint {str(ckpt)!r}: its tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} "
                               f"tokens but the model only {model_config.vocab_size}; they do not belong together")
-    with torch.device(device):
-        model = GPT(model_config)
+    check_weights_fit(model_config, torch.device(device), f"checkpoint {str(ckpt)!r}")
+    try:
+        with torch.device(device):
+            model = GPT(model_config)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a field of a type validate() does not check
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has a model config that builds no model: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
     if is_sharded(ckpt):
         _load_sharded_weights(model, ckpt)
     else:
@@ -278,6 +340,17 @@ def _failure(exc: BaseException) -> BaseException:
     return next(iter(failures.values()))[0] if failures else exc
 
 
+def _write_failure(exc: Exception, folder: Path) -> OSError:
+    """``exc`` (a writer's own error type) as an OSError: ENOSPC when the disk under ``folder`` is full."""
+    try:
+        full = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize < 1 << 20
+    except OSError:
+        full = False
+    if full or "No space left" in str(exc) or "code: 28" in str(exc):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return OSError(f"{type(exc).__name__}: {_first_line(exc)}")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -294,7 +367,13 @@ def _write_pointer(out: Path, which: str, name: str) -> None:
 
 def _prune(out: Path) -> None:
     """Delete checkpoints no pointer names, and what interrupted saves left (temporary folders, pointers)."""
-    keep = {(out / p).read_text().strip() for p in POINTERS if (out / p).is_file()}
+    keep = set()
+    for pointer in POINTERS:
+        try:
+            target = run_dir.pointed(out, pointer)
+        except ValueError:  # a pointer this run did not write: prune nothing
+            return
+        keep |= {target.name} if target is not None else set()
     for entry in out.iterdir():
         stale_ckpt = entry.name.startswith("ckpt-") and entry.name not in keep
         if entry.is_dir() and (stale_ckpt or entry.name.startswith(".ckpt-")):

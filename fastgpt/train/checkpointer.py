@@ -8,7 +8,6 @@ all-reduce after each phase tells every rank whether some rank's write failed.
 
 from __future__ import annotations
 
-import random
 import shutil
 from typing import Any
 
@@ -20,6 +19,7 @@ from fastgpt.data import TokenLoader
 from fastgpt.tokenizers import Tokenizer
 from fastgpt.train import checkpoint as ckpt
 from fastgpt.train.distributed import DistEnv, gather_objects, sum_across_ranks
+from fastgpt.train.rng import rng_state, set_rng_state
 
 
 class TrainingError(ValueError):
@@ -43,8 +43,7 @@ class Checkpointer:
 
     def state(self, counters: dict[str, Any]) -> dict[str, Any]:
         """What state.pt holds; every rank calls it (it gathers each rank's RNG state)."""
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        rng = rng_state()  # plain lists and tensors: state.pt loads with weights_only=True
         state = {
             **counters, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "loader": self.loader.state_dict(), "rng": gather_objects(rng, self.env),
@@ -87,10 +86,11 @@ class Checkpointer:
                                 "the previous checkpoint is kept")
         self.saved_iter = step
 
-    def resume(self) -> tuple[str, dict[str, Any]]:
-        """Load the latest checkpoint into the model, optimizer, scheduler, scaler, loader and RNGs;
-        return its path and counters (``iter``, ``best_val``, ``nonfinite``)."""
-        path = ckpt.resolve_checkpoint(self.out_dir, "latest")
+    def resume(self, which: str = "latest") -> tuple[str, dict[str, Any]]:
+        """Load the ``which`` checkpoint (latest, best, or ckpt-NNNNNN) into the model, optimizer,
+        scheduler, scaler, loader and RNGs; return its path and counters (``iter``, ``best_val``,
+        ``nonfinite``)."""
+        path = ckpt.resolve_checkpoint(self.out_dir, which)
         saved, now = ckpt.read_config(path)["model"], self.cfg.to_dict()["model"]
         if saved != now:
             diff = {k: (v, now.get(k)) for k, v in saved.items() if now.get(k) != v}
@@ -111,8 +111,11 @@ class Checkpointer:
             self.scaler.load_state_dict(state["scaler"])
             self.loader.load_state_dict(state["loader"])
             counters = {"iter": state["iter"], "best_val": state["best_val"], "nonfinite": state["nonfinite"]}
+            if not all(isinstance(counters[k], int) and counters[k] >= 0 for k in ("iter", "nonfinite")) or \
+                    not isinstance(counters["best_val"], float | int):
+                raise TypeError(f"counters of the wrong types or signs: {counters}")
             self._restore_rng(state["rng"], counters["iter"])
-        except (KeyError, TypeError, IndexError) as exc:  # a state.pt of another layout (older fastgpt, ...)
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:  # damaged
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None
         self.saved_iter = counters["iter"]
@@ -124,9 +127,4 @@ class Checkpointer:
             seq = np.random.SeedSequence([self.cfg.train.seed, self.env.rank, step])
             torch.manual_seed(int(seq.generate_state(1)[0]))
             return
-        rng = saved[self.env.rank]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(saved[self.env.rank])

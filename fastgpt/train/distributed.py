@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fastgpt.device import resolve_device
+
 DEFAULT_TIMEOUT_S = 600  # a hung collective fails after this long instead of waiting forever
 
 
@@ -43,20 +45,14 @@ class DistEnv:
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> this rank's GPU when CUDA exists, else the CPU; otherwise the named device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = resolve_device(name, "train.device")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device={name!r} but no CUDA device is available (use cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():
             raise ValueError(f"train.device={name!r} needs GPU {device} but {torch.cuda.device_count()} are visible; "
                              "start at most one process per GPU (torchrun --nproc_per_node)")
         torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ValueError(f"train.device={name!r} is not one of auto, cpu, cuda, cuda:N")
     return device
 
 

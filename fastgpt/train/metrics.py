@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,9 +66,18 @@ class MetricsLog:
             self.wandb_run.log({k: v for k, v in event.items() if k != "iter"}, step=event.get("iter"))
 
     def events(self) -> list[dict[str, Any]]:
+        """The logged events; a line cut short (the process died, or the disk filled, mid-write) is skipped."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        events = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
 
     def reset(self) -> None:
         """Forget the events of an earlier run in the same folder."""
@@ -74,8 +85,18 @@ class MetricsLog:
 
     def truncate_after(self, iteration: int) -> None:
         """Drop events logged after ``iteration`` (a resumed run logs them again)."""
-        kept = [e for e in self.events() if e.get("iter", 0) <= iteration]
-        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        kept = [e for e in self.events() if isinstance(e.get("iter", 0), int) and e.get("iter", 0) <= iteration]
+        # a new file renamed over the old one: a crash leaves either log whole, never a truncated one
+        fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(json.dumps(e) + "\n" for e in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def plot(self) -> None:
         """Draw train (per log step) and val (per eval) loss against the iteration."""

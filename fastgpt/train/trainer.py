@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import pathlib
 import signal
@@ -42,18 +43,23 @@ from fastgpt.train.distributed import (
 )
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
+from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.recipes import default_recipe
+from fastgpt.train.run_dir import RunLock, holds_run
 from fastgpt.train.schedule import make_scheduler
 
 MAX_NONFINITE_IN_A_ROW = 5
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user
 
 
 class Trainer:
     """One training run: set-up in ``__init__``, then ``run()``; ``train_step`` is one optimizer step."""
 
-    def __init__(self, cfg: Config, env: DistEnv, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, env: DistEnv, resume: str | None = None) -> None:
+        """``resume``: None for a new run, else the checkpoint to continue (latest, best, ckpt-NNNNNN)."""
         self.cfg, self.env = cfg, env
         self.out_dir = cfg.train.out_dir
+        check_backends(cfg.model, env.device)  # before preparing data: an explicit backend that cannot run here
         self.data = self._prepare_data()
         tok = self.data.tokenizer
         if cfg.model.vocab_size != tok.vocab_size:  # the tokenizer decides the vocabulary
@@ -62,6 +68,7 @@ class Trainer:
         self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
         hf_model = self._from_hf() if cfg.train.init_from != "scratch" else None  # sets self.cfg.model
         self._check_data_size()
+        check_memory(self.cfg, env.device)  # the real vocabulary is known now; nothing is allocated yet
         self.sharded = cfg.train.parallel == "fsdp"  # DCP checkpoints; FSDP2 shards when distributed
         self.fsdp = self.sharded and env.distributed
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them in place)
@@ -94,11 +101,11 @@ class Trainer:
         self.benchmarks = load_benchmarks(cfg.eval, tok, cfg.data.tokenizer) if env.is_main or self.fsdp else {}
         self.checkpointer = Checkpointer(self.cfg, env, self.model, self.optimizer, self.scheduler, self.scaler,
                                          self.train_loader, tok, sharded=self.sharded)
-        self.resumed = resume
-        if resume:
-            self._resume()
-        elif self.metrics is not None:
-            self.metrics.reset()  # a fresh run into an old out_dir starts a new log and plot
+        self.resumed = resume is not None
+        # a fresh run touches nothing in out_dir until its first step went through (``_start``)
+        self.started, self.pending = False, []
+        if resume is not None:
+            self._resume(resume)
         self.runner = self._wrap(self.model)
         self.stop_signal: int | None = None  # set by the signal handler on this rank
         self.stopping = False  # some rank got a signal: every rank saves and exits after this step
@@ -156,8 +163,8 @@ class Trainer:
         counters = {"iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite}
         self.checkpointer.save(counters, best=best or first)
 
-    def _resume(self) -> None:
-        path, counters = self.checkpointer.resume()
+    def _resume(self, which: str) -> None:
+        path, counters = self.checkpointer.resume(which)
         self.iter, self.best_val, self.nonfinite = counters["iter"], counters["best_val"], counters["nonfinite"]
         if self.metrics is not None:
             self.metrics.truncate_after(self.iter)
@@ -215,6 +222,8 @@ class Trainer:
     def run(self) -> None:
         t = self.cfg.train
         self._install_signal_handlers()
+        if self.resumed:
+            self._start()
         self._say(self.model.summary())
         self._say(f"data: {self.data.train_count:,} train / {self.data.val_count:,} val tokens "
                   f"({self.data.tokenizer.name}, vocab {self.data.tokenizer.vocab_size}) in {self.data.dir}")
@@ -227,6 +236,8 @@ class Trainer:
         last = time.perf_counter()
         while self.iter < self.total_iters:
             loss = self.train_step()
+            if loss is not None and not self.started:
+                self._start()
             self.iter += 1
             self.scheduler.step()
             bar.update(1)
@@ -247,16 +258,22 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in event.items() if k not in ("iter", "world_size")})
             evaluated = self.iter % t.eval_interval == 0 or self.iter == self.total_iters
             best = self._eval_and_log() if evaluated else False
-            if evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0):
+            if (evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0)) and self._may_save():
                 self.save(best=best)
             if self.stopping:
-                self.save()
+                saved = self._may_save()
+                if saved:
+                    self.save()
                 bar.close()
                 sig = self.stop_signal or signal.SIGTERM  # another rank got the signal (torchrun sends SIGTERM)
-                self._say(f"stopped by {signal.Signals(sig).name} at iteration {self.iter}; "
-                          f"checkpoint saved in {self.out_dir}; continue with --resume")
+                where = (f"checkpoint saved in {self.out_dir}; continue with --resume" if saved else
+                         "nothing saved (no step went through, or the loss is not finite); the checkpoints "
+                         f"in {self.out_dir}, if any, are kept")
+                self._say(f"stopped by {signal.Signals(sig).name} at iteration {self.iter}; {where}")
                 sys.exit(128 + sig)
         bar.close()
+        if not self.started:  # every step of this run (resumed at its end) was skipped, or there were none
+            self._start()
         if t.sample_tokens and (self.env.is_main or self.fsdp):  # FSDP: every rank computes, rank 0 prints
             self.sample()
 
@@ -269,7 +286,7 @@ class Trainer:
                 scores = score_benchmarks(self.model, self.data.tokenizer, self.benchmarks, self.cfg.train.batch_size)
             self._log(iter=self.iter, **scores)
             self._say(f"iter {self.iter}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        if self.metrics is not None:
+        if self.metrics is not None and self.started:
             self.metrics.plot()
         val = losses.get("val_loss", losses.get("train_loss", math.inf))
         if val < self.best_val:
@@ -290,7 +307,10 @@ class Trainer:
     def sample(self) -> None:
         tok = self.data.tokenizer
         self.model.eval()
-        prompt = tok.encode("\n")
+        try:
+            prompt = tok.encode("\n")
+        except ValueError:  # a char vocabulary without a newline
+            prompt = [tok.eot_id]
         g = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
         ids = list(generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=200,
                             eot_id=tok.eot_id, generator=g))
@@ -307,8 +327,28 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)
 
+    def _may_save(self) -> bool:
+        """Save only a run that started, and never from inside a non-finite streak: the weights may be
+        diverging, and saving would prune the good checkpoints before it. Every rank agrees."""
+        return self.started and self.nonfinite_in_a_row == 0
+
+    def _start(self) -> None:
+        """The run works (a step went through, or it resumed): only now replace what an earlier run left
+        in out_dir (metrics.jsonl, config.yaml), and write the events logged so far."""
+        self.started = True
+        if self.metrics is None:
+            return
+        if not self.resumed:
+            self.metrics.reset()
+        self.cfg.save(pathlib.Path(self.out_dir) / "config.yaml")
+        for event in self.pending:
+            self.metrics.log(**event)
+        self.pending = []
+
     def _log(self, **event: Any) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and not self.started:
+            self.pending.append(event)
+        elif self.metrics is not None:
             self.metrics.log(**event)
 
     def _say(self, text: str) -> None:
@@ -316,24 +356,40 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
 
+def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
+    """A new run into a folder holding a run must say so (train.overwrite=true); nothing is deleted here."""
+    out = pathlib.Path(cfg.train.out_dir)
+    if resume is None and not cfg.train.overwrite and holds_run(out):
+        raise ValueError(f"train.out_dir={str(out)!r} holds a run (checkpoints, metrics or config); continue it "
+                         "with --resume, use another train.out_dir, or replace it with train.overwrite=true")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1])
     p.add_argument("--config", help="a YAML config (default: a built-in recipe, see --recipe)")
     p.add_argument("--recipe", choices=("cpu", "gpu"),
                    help="the built-in Shakespeare recipe used without --config (default: gpu when CUDA is available)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="WHICH",
+                   help="continue the run in train.out_dir from its latest checkpoint; --resume=best, or a "
+                        "checkpoint of the run by name (--resume=ckpt-000500)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
+    if args.resume is not None and "=" in args.resume:  # ``--resume train.x=1``: an override, not a name
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
     if args.config and args.recipe:
         raise ValueError("give --config FILE or --recipe NAME, not both")
     # no --config: a built-in recipe (fastgpt.train.recipes)
     cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe(args.recipe))
     env = setup(cfg.train.device)
+    lock = RunLock(pathlib.Path(cfg.train.out_dir)) if env.is_main else None
     try:
+        if args.resume is not None and not pathlib.Path(cfg.train.out_dir).is_dir():  # before the lock creates it
+            raise ValueError(f"train.out_dir={cfg.train.out_dir!r} does not exist: there is no run to --resume")
+        if lock is not None:
+            lock.acquire()  # a second run into this out_dir refuses here, naming the first one's pid
+            _refuse_overwrite(cfg, args.resume)
         trainer = Trainer(cfg, env, resume=args.resume)
-        if env.is_main:
-            pathlib.Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
-            trainer.cfg.save(pathlib.Path(cfg.train.out_dir) / "config.yaml")
         trainer.run()
         env.barrier()  # leave the process group together: a rank tearing down gloo early can abort the other
     except torch.OutOfMemoryError:
@@ -344,7 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         raise TrainingError(message) from None
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        raise TrainingError(f"cannot write {str(exc.filename or cfg.train.out_dir)!r} ({exc.strerror}); "
+                            "the checkpoints already saved are kept") from None
     finally:
+        if lock is not None:
+            lock.release()
         teardown()
     return 0
 

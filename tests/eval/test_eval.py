@@ -52,7 +52,8 @@ def test_training_logs_benchmarks_at_each_eval(run: Path) -> None:
     assert all(v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) for e in scored for v in (e["piqa_acc"], e["piqa_acc_norm"]))
 
 
-def test_eval_cli_writes_table_and_json(run: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_cli_writes_table_and_json(run: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    monkeypatch.chdir(run)  # val_loss reads the checkpoint's dataset only inside the current folder
     out = run / "results.json"
     assert eval_mod.main(["--checkpoint", str(run / "out"), "--tasks", "val_loss,piqa", "--data",
                           f"piqa={run / 'questions.jsonl'}", "--limit", "7", "--batch_size", "3",

@@ -69,7 +69,7 @@ def test_train_learns_saves_and_loads(tmp_path: Path, corpus: Path) -> None:
     model, tok = fastgpt.load(out)
     text = tok.decode(list(generate(model, tok.encode("the "), 30, greedy=True)))
     assert len(text) >= 30 and set(text) <= set(corpus.read_text()) | {"\n"}
-    train_mod.main(_args(tmp_path, corpus, "train.max_iters=4", "train.eval_interval=2"))
+    train_mod.main(_args(tmp_path, corpus, "train.max_iters=4", "train.eval_interval=2", "train.overwrite=true"))
     assert [e["iter"] for e in _events(out) if "val_loss" in e] == [0, 2, 4]  # a fresh run, a fresh log
     assert resolve_checkpoint(out, "best").name in ("ckpt-000002", "ckpt-000004")  # not the old run's
 
