@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from fastgpt.device import resolve_device
 from fastgpt.model import GPT
+from fastgpt.train.distributed import resolve_device
 
 MIN_TEMPERATURE = 1e-6  # below it sampling is the argmax (and dividing by it would overflow float32)
 

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fastgpt.data import DataConfig
-from fastgpt.device import resolve_device
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
+from fastgpt.train.distributed import resolve_device
 
 VAL_LOSS = "val_loss"
 
