@@ -73,7 +73,7 @@ def generate(
     cache = None
     for _ in range(max_new_tokens):
         window = tokens[-block:]
-        if use_cache and cache is not None and cache.pos < block:
+        if use_cache and cache is not None and cache[0].pos < block:
             feed = torch.tensor([tokens[-1:]], device=device)
         else:
             cache = model.new_cache(batch=1) if use_cache else None

@@ -19,7 +19,7 @@ from fastgpt.config import GPTConfig
 from fastgpt.nn.attention import KVCache, SelfAttention
 from fastgpt.nn.mlp import MLP, GatedMLP
 from fastgpt.nn.norm import AddNorm
-from fastgpt.nn.rotary import Rotary, sincos_table
+from fastgpt.nn.positions import POSITION_ENCODINGS, PositionEncoding
 
 if TYPE_CHECKING:
     import os
@@ -40,13 +40,14 @@ class Block(nn.Module):
         self.ln_2 = _add_norm(config)
         self.mlp = ffn
 
-    def forward(self, h: Tensor, delta: Tensor | None, cache: KVCache | None, layer: int) -> tuple[Tensor, Tensor]:
-        """h: residual stream (B, T, C); delta: the previous sublayer's output, not yet added.
+    def forward(self, h: Tensor, delta: Tensor | None, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        """h: residual stream (B, T, C); delta: the previous sublayer's output, not yet added;
+        cache: this block's KV cache (its own even when the attention module is tied across layers).
 
         Returns the new (h, delta): the caller (next block or final norm) adds the delta.
         """
         y, h = self.ln_1(h, delta)
-        y, h = self.ln_2(h, self.attn(y, cache, layer))
+        y, h = self.ln_2(h, self.attn(y, cache))
         return h, self.mlp(y)
 
 
@@ -54,10 +55,10 @@ def _add_norm(config: GPTConfig) -> AddNorm:
     return AddNorm(config.norm, config.n_embd, eps=config.norm_eps, bias=config.bias, backend=config.norm_backend)
 
 
-def _attention(config: GPTConfig, rotary: Rotary | None) -> SelfAttention:
+def _attention(config: GPTConfig, positions: PositionEncoding) -> SelfAttention:
     return SelfAttention(config.n_embd, config.n_head, n_kv_head=config.n_kv_head, bias=config.bias,
                          causal=config.causal, attn_dropout=config.attn_dropout, dropout=config.dropout,
-                         backend=config.attn_backend, rotary=rotary)
+                         backend=config.attn_backend, rotate=positions.rotate)
 
 
 def _ffn(config: GPTConfig) -> nn.Module:
@@ -71,18 +72,15 @@ class GPT(nn.Module):
         config.validate()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        if config.pos_encoding == "learned":
-            self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        if config.pos_encoding == "sincos":
-            self.register_buffer("pos_table", sincos_table(config.block_size, config.n_embd), persistent=False)
-        rotary = (Rotary(config.head_dim, config.block_size, config.rope_theta)
-                  if config.pos_encoding == "rope" else None)
+        # the position encoding: adds to the token embeddings and/or rotates every layer's q, k.
+        # Named wpe for every kind so learned positions keep GPT-2's state-dict key wpe.weight
+        self.wpe = POSITION_ENCODINGS[config.pos_encoding](config)
         self.emb_dropout = nn.Dropout(config.embedding_dropout)
         # tied sublayers are the same module object in every block (one set of parameters)
-        shared_attn = _attention(config, rotary) if config.tie_attn_proj_across_layers else None
+        shared_attn = _attention(config, self.wpe) if config.tie_attn_proj_across_layers else None
         shared_ffn = _ffn(config) if config.tie_ffn_across_layers else None
         self.blocks = nn.ModuleList(
-            Block(config, shared_attn or _attention(config, rotary), shared_ffn or _ffn(config))
+            Block(config, shared_attn or _attention(config, self.wpe), shared_ffn or _ffn(config))
             for _ in range(config.n_layer)
         )
         self.ln_f = _add_norm(config) if config.lm_head_norm else None
@@ -154,32 +152,27 @@ class GPT(nn.Module):
         idx: Tensor,
         targets: Tensor | None = None,
         loss_weights: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: list[KVCache] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab), loss or None).
 
         targets (B, T): next-token ids, -1 where ignored; loss_weights (B, T): optional per-token
-        weights of the mean. With ``cache``, idx holds only the new tokens, placed after
-        ``cache.pos`` positions, and the cache advances by T.
+        weights of the mean. ``cache`` (from ``new_cache``) holds one KVCache per block: idx then
+        holds only the new tokens, placed after the ``pos`` positions cached, and every layer's
+        cache advances by T.
         """
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
+        start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
-        x = self.wte(idx)  # (B, T, C)
-        if self.config.pos_encoding == "learned":
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
-        elif self.config.pos_encoding == "sincos":
-            x = x + self.pos_table[start : start + T].to(x.dtype)
+        x = self.wpe.embed(self.wte(idx), start)  # (B, T, C)
         h, delta = self.emb_dropout(x), None
-        for layer, block in enumerate(self.blocks):
-            h, delta = block(h, delta, cache, layer)
+        for block, block_cache in zip(self.blocks, cache if cache is not None else [None] * len(self.blocks)):
+            h, delta = block(h, delta, block_cache)
         if self.ln_f is not None:
             h, _ = self.ln_f(h, delta)
         else:
             h = h + delta
-        if cache is not None:
-            cache.pos += T
         logits = self.lm_head(self.head_dropout(h))  # (B, T, vocab)
         if targets is None:
             return logits, None
@@ -195,11 +188,17 @@ class GPT(nn.Module):
         w = weights.reshape(-1).float() * (targets.reshape(-1) != -1)
         return (per_token * w).sum() / w.sum().clamp_min(1e-8)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for ``batch`` sequences of up to ``max_len`` (block_size) tokens."""
+    def new_cache(self, batch: int, max_len: int | None = None) -> list[KVCache]:
+        """Empty KV caches, one per block, for ``batch`` sequences of up to ``max_len`` (block_size) tokens.
+
+        The caches are not state of the model or of its attention modules: with
+        ``tie_attn_proj_across_layers`` one SelfAttention serves every block, and each block hands
+        it the block's own cache. Pass the list as ``forward``'s ``cache``.
+        """
         cfg = self.config
         p = self.wte.weight
-        return KVCache(cfg.n_layer, batch, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim, p.device, p.dtype)
+        return [KVCache(batch, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim, p.device, p.dtype)
+                for _ in self.blocks]
 
     # -------------------------------------------------------------------------- summary
     def num_params(self, non_embedding: bool = False) -> int:

@@ -155,8 +155,10 @@ def test_tiny_model_overfits_one_batch() -> None:
     assert loss.item() < 0.1
 
 
-@pytest.mark.parametrize("opts", [{}, {"pos_encoding": "rope", "n_kv_head": 2}, {"pos_encoding": "sincos"}])
+@pytest.mark.parametrize("opts", [{}, {"pos_encoding": "rope", "n_kv_head": 2}, {"pos_encoding": "sincos"},
+                                  {"tie_attn_proj_across_layers": True, "pos_encoding": "rope"}])
 def test_kv_cache_matches_full_forward(opts: dict) -> None:
+    """One KV cache per block, also when the blocks share one tied attention module."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY, **opts)).eval()
     idx = torch.randint(0, 61, (2, 10))
@@ -165,7 +167,7 @@ def test_kv_cache_matches_full_forward(opts: dict) -> None:
     prefix, _ = model(idx[:, :6], cache=cache)
     steps = [model(idx[:, t : t + 1], cache=cache)[0] for t in range(6, 10)]
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
-    assert cache.pos == 10
+    assert len(cache) == 2 and all(c.pos == 10 for c in cache)
 
 
 def test_sequence_longer_than_block_size_is_refused() -> None:
