@@ -22,7 +22,7 @@ class PositionEncoding(nn.Module):
     """The interface, built from a ``GPTConfig`` by each subclass; both hooks return their inputs unchanged."""
 
     def embed(self, x: Tensor, start: int) -> Tensor:
-        """Token embeddings x (B, T, C) of positions ``start .. start + T`` -> the blocks' input (B, T, C)."""
+        """Token embeddings x (B, T, C) of positions ``start .. start + T`` -> (B, T, C) with positions added."""
         return x
 
     def rotate(self, q: Tensor, k: Tensor, start: int) -> tuple[Tensor, Tensor]:
@@ -31,7 +31,7 @@ class PositionEncoding(nn.Module):
 
 
 class NoPositions(PositionEncoding):
-    """No position information (``pos_encoding="none"``): attention alone sees the order, through its causal mask."""
+    """No position information (``pos_encoding="none"``)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
