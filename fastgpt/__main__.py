@@ -14,7 +14,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 
 # command -> (module holding its main(argv), what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("fastgpt.train.trainer", "train a model (a YAML config plus section.key=value overrides)"),
+    "train": ("fastgpt.train.cli", "train a model (a YAML config plus section.key=value overrides)"),
     "generate": ("fastgpt.generate", "sample text from a checkpoint"),
     "eval": ("fastgpt.eval.evaluate", "validation loss and multiple-choice benchmarks of a checkpoint"),
     "export": ("fastgpt.hf.export", "write a checkpoint as a Hugging Face model folder"),

@@ -17,7 +17,7 @@ import torch
 
 from fastgpt import generate as generate_mod
 from fastgpt.tokenizers import build_tokenizer
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import resolve_checkpoint
 from fastgpt.train.convert import main as convert_main
 

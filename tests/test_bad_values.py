@@ -19,7 +19,7 @@ import yaml
 from fastgpt import generate as generate_mod
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.hf import export as export_mod
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 
 TINY = [
     "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",

@@ -24,7 +24,7 @@ import fastgpt
 from fastgpt.__main__ import run
 from fastgpt.config import load_config
 from fastgpt.generate import main as generate_main
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.preflight import check_backends, check_memory
 
 USER_ERRORS = (ValueError, FileNotFoundError)

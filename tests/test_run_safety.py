@@ -18,7 +18,7 @@ import pytest
 
 import fastgpt
 from fastgpt.model import GPT
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load_state, resolve_checkpoint
 
 TINY = [
@@ -149,7 +149,7 @@ def test_readers_never_fail_while_a_run_saves_and_prunes(corpus: Path, tmp_path:
 KILL_AT_FIRST_POINTER = """
 import os, signal
 from fastgpt.__main__ import run
-from fastgpt.train import checkpoint, trainer as train
+from fastgpt.train import checkpoint, cli as train
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # ckpt-000002 is renamed into place; no pointer written yet

@@ -26,7 +26,7 @@ import fastgpt
 from fastgpt import generate as generate_mod
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.hf import export as export_mod
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.convert import main as convert_main
 
 TINY = [

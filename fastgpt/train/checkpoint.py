@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 from fastgpt.config import GPTConfig
 from fastgpt.model import GPT
@@ -47,7 +47,7 @@ from fastgpt.train.preflight import check_weights_fit
 
 POINTERS = ("latest", "best")
 SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
-RACE_RETRIES = 5  # resolve a run's pointer again when the checkpoint it named was pruned during the read
+RACE_RETRIES = 20  # resolve a run's pointer again when the checkpoint it named was pruned during the read
 
 
 class CheckpointError(ValueError):
@@ -220,20 +220,31 @@ def read_config(ckpt: Path) -> dict[str, Any]:
     return config
 
 
-def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load ``model.safetensors`` into ``model``; shape or key mismatches raise CheckpointError."""
+def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``model.safetensors`` (or ``weights`` read from it) into ``model``; a shape or key mismatch
+    raises CheckpointError. Tied tensors are stored once; the names they share are not missing."""
+    if weights is None:
+        weights = read_weights(ckpt)
     try:
-        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise CheckpointError(f"checkpoint {str(ckpt)!r} does not fit this model: {first}") from None
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable weights: {exc}") from None
+    present = {t.data_ptr() for k, t in model.state_dict().items() if k in weights}
+    missing = [k for k in missing if model.state_dict()[k].data_ptr() not in present]
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {str(ckpt)!r} does not fit this model: missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}"
         )
+
+
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``ckpt/model.safetensors``, read into memory."""
+    try:
+        return load_file(str(ckpt / "model.safetensors"))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable weights: {exc}") from None
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
@@ -275,15 +286,18 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         raise CheckpointError(f"checkpoint {str(ckpt)!r} holds DCP shards only, whose .metadata is a pickle that "
                               "can run code; if it is your own run, convert it with python -m "
                               "fastgpt convert, or load it with allow_pickle=True (--allow_pickle)")
+    # every file is read before the (slow) model is built: a run pruning this checkpoint can only
+    # interrupt these reads, and ``load`` then follows the run's pointer to the newer one
     config = read_config(ckpt)
-    try:
-        model_config = GPTConfig(**config["model"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} has an invalid model config: {exc}") from None
     try:
         tokenizer = load_tokenizer(ckpt)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
+    weights = None if is_sharded(ckpt) else read_weights(ckpt)
+    try:
+        model_config = GPTConfig(**config["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has an invalid model config: {exc}") from None
     if tokenizer.vocab_size > model_config.vocab_size:
         raise CheckpointError(f"checkpoint {str(ckpt)!r}: its tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} "
                               f"tokens but the model only {model_config.vocab_size}; they do not belong together")
@@ -294,10 +308,10 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a field of a type validate() does not check
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has a model config that builds no model: "
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
-    if is_sharded(ckpt):
+    if weights is None:
         _load_sharded_weights(model, ckpt)
     else:
-        load_weights(model, ckpt)
+        load_weights(model, ckpt, weights)
     model.eval()
     return model, tokenizer
 

@@ -15,7 +15,7 @@ import torch
 
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.eval.evaluate import evaluate_loss
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load
 
 WORDS = "the king and queen of the castle walk by night to see a ghost upon the wall".split()

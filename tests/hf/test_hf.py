@@ -13,7 +13,7 @@ from fastgpt.hf.convert import hf_architecture
 from fastgpt.hf.tokenizer_files import transformers_tokenizer
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizers import build_tokenizer
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load
 
 transformers = pytest.importorskip("transformers")

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import is_sharded, load, load_state, resolve_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")

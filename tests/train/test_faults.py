@@ -15,7 +15,7 @@ import torch
 
 from fastgpt.model import GPT
 from fastgpt.train import checkpoint
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load, load_state, resolve_checkpoint
 
 TINY = [

@@ -15,7 +15,7 @@ import torch
 import fastgpt
 from fastgpt.generate import generate
 from fastgpt.optim import FusedAdamW
-from fastgpt.train import trainer as train_mod
+from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import resolve_checkpoint
 
 TINY = [
