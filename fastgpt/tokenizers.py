@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import tiktoken
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTok
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 EOT_TEXT = "<|endoftext|>"
 PAD_TEXT = "<|pad|>"
@@ -44,6 +44,7 @@ HUB_ALIASES = {
 DEFAULT_BPE_VOCAB_SIZE = 4096
 # simplify=True: a non-Latin character seen fewer times than this is deleted from BPE training text
 SIMPLIFY_MIN_COUNT = 100
+MAX_RUN = 256  # longest run of non-space characters BPE training sees as one pre-token
 # special tokens looked up, in this order, in a tokenizer.json that is not ours
 _EOT_CANDIDATES = (EOT_TEXT, "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
 _BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
@@ -273,12 +274,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int, simplify: bool = False) -> 
         raise ValueError(f"bpe vocab_size must be at least 258 (256 bytes + eot + pad), got {vocab_size}")
     texts = list(texts)
     tok = HFTok(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # runs of more than MAX_RUN non-space characters are cut into pieces first: BPE training is
+    # quadratic in the length of a pre-token (1 MB without whitespace took minutes), and no GPT-2
+    # pre-token crosses from a non-space character into the whitespace that starts the next piece,
+    # so text without such runs is split exactly as by ByteLevel alone
+    steps = [pre_tokenizers.Split(Regex(rf"\s*\S{{1,{MAX_RUN}}}"), behavior="isolated")]
     if simplify:
         texts = simplify_texts(texts)
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tok.pre_tokenizer = byte_level
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*steps, pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import string
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +16,13 @@ from tokenizers import models, pre_tokenizers
 
 from fastgpt.tokenizers import (
     EOT_TEXT,
+    MAX_RUN,
     ByteTokenizer,
     CharTokenizer,
     build_tokenizer,
     load_tokenizer,
     simplify_texts,
+    train_bpe,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,3 +186,25 @@ def test_char_and_byte_classes_directly():
     with pytest.raises(ValueError, match="distinct characters"):
         CharTokenizer("aab")
     assert ByteTokenizer().special_ids == (256, 257)
+
+
+def test_bpe_trains_quickly_on_text_without_whitespace() -> None:
+    # one 1 MB pre-token made BPE training quadratic (minutes); runs are now cut at MAX_RUN characters
+    text = "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(1_000_000))
+    start = time.monotonic()
+    tok = train_bpe([text], vocab_size=1024)
+    assert time.monotonic() - start < 60
+    assert tok.decode(tok.encode(text[:5000])) == text[:5000]
+
+
+def test_bpe_cuts_only_runs_longer_than_max_run() -> None:
+    from tokenizers import pre_tokenizers
+
+    text = CORPUS + UNICODE + "  a  b\t\tc  \n"
+    tok = train_bpe([text], vocab_size=600)
+    split = [piece for piece, _ in tok._tok.pre_tokenizer.pre_tokenize_str(text)]
+    plain = [piece for piece, _ in pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text)]
+    assert split == plain  # ordinary text: the same pre-tokens as ByteLevel alone
+    long_run = "x" * (3 * MAX_RUN + 5)
+    pieces = [piece for piece, _ in tok._tok.pre_tokenizer.pre_tokenize_str(long_run)]
+    assert [len(p) for p in pieces] == [MAX_RUN, MAX_RUN, MAX_RUN, 5]
