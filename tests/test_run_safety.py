@@ -7,6 +7,7 @@ Everything goes through ``python -m fastgpt.train`` / ``fastgpt.load`` with real
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -216,7 +217,8 @@ def test_a_diverging_run_keeps_its_good_checkpoints(corpus: Path, tmp_path: Path
     assert resolve_checkpoint(out).name == "ckpt-000004"  # nothing saved from the streak (steps 5 to 9)
     assert resolve_checkpoint(out, "best").name in ("ckpt-000002", "ckpt-000004")
     monkeypatch.setattr(GPT, "forward", forward)
-    train_mod.main(["--resume=best", *_args(corpus, out, "train.max_iters=6", "train.eval_interval=2")])
+    overwrite = ["train.overwrite=true"] if resolve_checkpoint(out, "best").name == "ckpt-000002" else []
+    train_mod.main(["--resume=best", *_args(corpus, out, "train.max_iters=6", "train.eval_interval=2", *overwrite)])
     assert load_state(resolve_checkpoint(out))["iter"] == 6
 
 
@@ -230,6 +232,41 @@ def test_resume_from_a_named_checkpoint(finished: Path, corpus: Path, tmp_path: 
     have = ", ".join(sorted(p.name for p in out.glob("ckpt-*")))
     assert f"has no complete checkpoint 'ckpt-000003' (it has: {have})" in line
     metrics_inode = (out / "metrics.jsonl").stat().st_ino
-    train_mod.main([f"--resume={named}", *_args(corpus, out, "train.max_iters=8", "train.eval_interval=2")])
+    overwrite = ["train.overwrite=true"] if named != resolve_checkpoint(out).name else []
+    train_mod.main([f"--resume={named}", *_args(corpus, out, "train.max_iters=8", "train.eval_interval=2",
+                                                *overwrite)])  # fmt: skip
     assert load_state(resolve_checkpoint(out))["iter"] == 8
     assert (out / "metrics.jsonl").stat().st_ino != metrics_inode  # rewritten as a new file, not truncated
+
+
+def test_going_back_to_an_earlier_checkpoint_needs_overwrite_and_then_continues_exactly(
+        corpus: Path, tmp_path: Path, cli_error) -> None:  # fmt: skip
+    import shutil
+
+    out, kept = tmp_path / "run", tmp_path / "kept"
+    args = _args(corpus, out, "train.eval_interval=3", "train.max_iters=6")
+    train_mod.main(_args(corpus, out, "train.eval_interval=3", "train.max_iters=3"))
+    shutil.copytree(out / "ckpt-000003", kept)
+    train_mod.main(["--resume", *args])
+    losses = [e["val_loss"] for e in _events(out) if "val_loss" in e]
+    # the run as it would be had its best been step 3: an earlier checkpoint beside a later latest
+    shutil.copytree(kept, out / "ckpt-000003")
+    (out / "best").write_text("ckpt-000003\n")
+    before = _snapshot(out)
+    line = cli_error(train_mod.main, ["--resume=best", *args])
+    assert "ckpt-000003" in line and "later checkpoints (ckpt-000006)" in line and "train.overwrite=true" in line
+    assert _snapshot(out) == before  # refused before anything was written
+    train_mod.main(["--resume=best", *args, "train.overwrite=true"])
+    assert [e["val_loss"] for e in _events(out) if "val_loss" in e] == losses  # steps 4 to 6 again, bit for bit
+    assert resolve_checkpoint(out).name == "ckpt-000006"
+    assert resolve_checkpoint(out, "best").name in ("ckpt-000003", "ckpt-000006")
+    # back to step 3 again with best naming step 6, and no step after it: no pointer names the abandoned step 6
+    shutil.copytree(kept, out / "ckpt-000003")
+    (out / "best").write_text("ckpt-000006\n")
+    train_mod.main(["--resume=ckpt-000003", *_args(corpus, out, "train.eval_interval=3", "train.max_iters=3",
+                                                   "train.overwrite=true")])  # fmt: skip
+    assert resolve_checkpoint(out, "best").name == resolve_checkpoint(out).name == "ckpt-000003"
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -97,6 +97,24 @@ def save_checkpoint(
     return final
 
 
+def later_checkpoints(out_dir: str | Path, ckpt: Path) -> list[Path]:
+    """The checkpoints of the run in ``out_dir`` saved after ``ckpt`` (none when ``ckpt`` is not one of them)."""
+    out = Path(out_dir)
+    if run_dir.inside(out, ckpt.name) is None:
+        return []
+    return [c for c in run_dir.checkpoints(out) if run_dir.step_of(c) > run_dir.step_of(ckpt)]
+
+
+def rewind(out_dir: str | Path, ckpt: Path) -> None:
+    """Point ``latest`` at ``ckpt``, and ``best`` too when it names a later checkpoint: a run continued
+    from ``ckpt`` then never names, nor keeps as best, what the abandoned later steps saved."""
+    out = Path(out_dir)
+    _write_pointer(out, "latest", ckpt.name)
+    best = run_dir.pointed(out, "best")
+    if best is None or run_dir.step_of(best) > run_dir.step_of(ckpt):
+        _write_pointer(out, "best", ckpt.name)
+
+
 def staging_dir(out_dir: str | Path, step: int) -> Path:
     """The temporary folder every rank writes ``ckpt-{step}``'s shards into (the same name on all)."""
     return Path(out_dir) / f".ckpt-{step:06d}-staged"

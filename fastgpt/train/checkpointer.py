@@ -91,6 +91,12 @@ class Checkpointer:
         scheduler, scaler, loader and RNGs; return its path and counters (``iter``, ``best_val``,
         ``nonfinite``)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
+        later = ckpt.later_checkpoints(self.out_dir, path)
+        if later and not self.cfg.train.overwrite:
+            raise ckpt.CheckpointError(
+                f"--resume={which} continues from {path.name}, but the run has later checkpoints "
+                f"({', '.join(c.name for c in later)}) that its next saves would replace; add "
+                "train.overwrite=true to go back to it, or resume the latest")
         saved, now = ckpt.read_config(path)["model"], self.cfg.to_dict()["model"]
         if saved != now:
             diff = {k: (v, now.get(k)) for k, v in saved.items() if now.get(k) != v}
@@ -119,6 +125,10 @@ class Checkpointer:
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None
         self.saved_iter = counters["iter"]
+        if later:
+            self.env.barrier()  # every rank has read ``path`` through the old pointers
+            if self.env.is_main:
+                ckpt.rewind(self.out_dir, path)
         return str(path), counters
 
     def _restore_rng(self, saved: list[dict[str, Any]], step: int) -> None:
