@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 600  # a hung collective fails after this long instead of waiting forever
+PREPARE_TIMEOUT = timedelta(days=7)  # the other ranks wait this long for rank 0 to prepare the data
 
 DEVICES = "auto, cpu, cuda, cuda:N"
 
@@ -53,6 +54,7 @@ class DistEnv:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    wait_group: Any = None  # a gloo group whose barrier waits up to PREPARE_TIMEOUT, not FASTGPT_DIST_TIMEOUT
 
     @property
     def is_main(self) -> bool:
@@ -65,6 +67,12 @@ class DistEnv:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def wait_for_preparation(self) -> None:
+        """A barrier for work one rank does alone (data preparation), which may take longer than
+        ``FASTGPT_DIST_TIMEOUT``; a rank that dies meanwhile is torchrun's to report."""
+        if self.distributed:
+            dist.barrier(group=self.wait_group)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -89,7 +97,9 @@ def setup(device_name: str) -> DistEnv:
     timeout = timedelta(seconds=timeout_s())
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=dist.get_world_size(), device=device)
+    wait_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=dist.get_world_size(), device=device,
+                   wait_group=wait_group)
 
 
 def teardown() -> None:

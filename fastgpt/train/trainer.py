@@ -98,12 +98,15 @@ class Trainer:
     # ------------------------------------------------------------------ set-up steps
     def _prepare_data(self) -> PreparedData:
         # rank 0 prepares (or reuses) the data; then the first rank of each other node, whose
-        # data.cache_dir may be a disk of its own; then the others reuse it
+        # data.cache_dir may be a disk of its own; then the others reuse it. Meanwhile the others
+        # wait without the collective timeout: preparing a large dataset may take hours.
+        if self.env.distributed:
+            self._say("data: prepared by rank 0 (the other ranks wait for it without FASTGPT_DIST_TIMEOUT)")
         data = prepare_data(self.cfg.data, progress=True) if self.env.is_main else None
-        self.env.barrier()
+        self.env.wait_for_preparation()
         if data is None and self.env.local_rank == 0:
             data = prepare_data(self.cfg.data, progress=False)
-        self.env.barrier()
+        self.env.wait_for_preparation()
         return data or prepare_data(self.cfg.data, progress=False)
 
     def _from_hf(self) -> GPT:

@@ -137,7 +137,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step(corpus: Path, tmp_path
 
 DRIVER = """
 import time
-from fastgpt.train import trainer as train
+from fastgpt.train import cli as train
 from fastgpt.__main__ import run
 
 step = train.Trainer.train_step
@@ -161,3 +161,30 @@ def test_hung_rank_times_out_with_one_line(corpus: Path, tmp_path: Path) -> None
     assert len(lines) == 1, proc.stderr[-3000:]
     assert "Timed out" in lines[0] and "another rank probably died or hangs" in lines[0]
     assert "FASTGPT_DIST_TIMEOUT=3s" in lines[0]
+
+
+SLOW_PREPARATION = """
+import time
+from fastgpt.__main__ import run
+from fastgpt.train import cli, trainer
+
+prepare = trainer.prepare_data
+
+def slow_on_rank_0(cfg, progress=True):
+    if progress:  # rank 0: longer than FASTGPT_DIST_TIMEOUT, which the other rank must not apply
+        time.sleep(8)
+    return prepare(cfg, progress)
+
+trainer.prepare_data = slow_on_rank_0
+run(cli.main)
+"""
+
+
+def test_other_ranks_wait_for_a_data_preparation_longer_than_the_timeout(corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "driver.py").write_text(SLOW_PREPARATION)
+    args = _args(corpus, tmp_path / "out", "train.batch_size=4", "train.max_iters=2", "data.cache_dir=" +
+                 str(tmp_path / "cache"))  # fmt: skip
+    proc = _torchrun(args, script=str(tmp_path / "driver.py"), FASTGPT_DIST_TIMEOUT="3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the other ranks wait for it without FASTGPT_DIST_TIMEOUT" in proc.stderr
+    assert load_state(resolve_checkpoint(tmp_path / "out"))["iter"] == 2
