@@ -21,6 +21,10 @@ import pytest
 import torch
 
 from fastgpt.__main__ import run
+from fastgpt.train import cli as train_cli
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_run.py, for test modules in subfolders too
+from tiny_run import CORPUS, tiny_args  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -89,3 +93,20 @@ def cli_error(capsys: pytest.CaptureFixture) -> Callable[[Callable, list[str]], 
         return lines[-1]
 
     return check
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short text file (``tests/tiny_run.py``) in a folder of this test module's own."""
+    path = tmp_path_factory.mktemp("tiny") / "corpus.txt"
+    path.write_text(CORPUS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus: Path) -> Path:
+    """A run's out_dir after the tiny run's 2 steps (char tokenizer); copy it before changing it."""
+    out = corpus.parent / "trained"
+    train_cli.main(tiny_args(corpus, out))
+    return out
+

@@ -14,38 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import tiny_args as _args
 
 from fastgpt import generate as generate_mod
 from fastgpt.tokenizers import build_tokenizer
 from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import resolve_checkpoint
 from fastgpt.train.convert import main as convert_main
-
-# max_iters=2: a case that failed to fail would train for 2 steps, not for 2000
-TINY = [
-    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",
-    "train.eval_iters=1", "train.sample_tokens=0", "train.device=cpu", "optim.warmup_iters=1", "train.max_iters=2",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bad") / "corpus.txt"
-    path.write_text("the king and queen walk by night to see a ghost upon the wall\n" * 40)
-    return path
-
-
-def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.dataset={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"train.out_dir={out}",
-            *extra]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(corpus: Path) -> Path:
-    """A run's out_dir after 2 steps (char tokenizer)."""
-    out = corpus.parent / "trained"
-    train_mod.main(_args(corpus, out))
-    return out
 
 
 def _copy(trained: Path, tmp_path: Path) -> tuple[Path, Path]:

@@ -15,35 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_run import tiny_args as _args
 
 from fastgpt import generate as generate_mod
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.hf import export as export_mod
 from fastgpt.train import cli as train_mod
-
-TINY = [
-    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",
-    "train.eval_iters=1", "train.sample_tokens=0", "train.device=cpu", "optim.warmup_iters=1", "train.max_iters=2",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("values") / "corpus.txt"
-    path.write_text("the king and queen walk by night to see a ghost upon the wall\n" * 40)
-    return path
-
-
-def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.dataset={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"train.out_dir={out}",
-            *extra]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(corpus: Path) -> Path:
-    out = corpus.parent / "trained"
-    train_mod.main(_args(corpus, out))
-    return out
 
 
 @pytest.mark.parametrize("override, message", [

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -58,17 +57,6 @@ def test_config_values_fail_before_anything_is_allocated(items: list[tuple[str, 
         check_memory(cfg, CPU)
     except Exception as exc:  # noqa: BLE001 - the point is to see every type
         _one_line(exc)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("fuzz_inputs")
-    (tmp / "corpus.txt").write_text("the king and queen walk by night to see a ghost upon the wall\n" * 40)
-    train_mod.main(["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
-                    "train.batch_size=2", "train.eval_iters=1", "train.sample_tokens=0", "train.device=cpu",
-                    "train.max_iters=2", f"data.dataset={tmp / 'corpus.txt'}", f"data.cache_dir={tmp / 'cache'}",
-                    f"train.out_dir={tmp / 'out'}"])  # fmt: skip
-    return tmp / "out"
 
 
 def _exit_code(main, argv: list[str]) -> tuple[int, str]:
