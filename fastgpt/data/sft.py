@@ -153,3 +153,14 @@ def loss_mask(directory: Path, split: str, tokens: int) -> np.ndarray:
     if tokens == 0:
         return np.zeros(0, dtype=np.uint8)
     return np.memmap(directory / f"{split}{MASK_SUFFIX}", dtype=np.uint8, mode="r")
+
+
+def cut_note(offsets: np.ndarray, block_size: int) -> str | None:
+    """A line saying how many examples (document ``offsets``, shape (D + 1,)) a row of ``block_size + 1``
+    tokens cuts, losing the end of their responses; None when none is."""
+    lengths = np.diff(offsets)
+    cut = int((lengths > block_size + 1).sum())
+    if not cut:
+        return None
+    return (f"{cut} of {len(lengths)} training examples are longer than model.block_size + 1 = {block_size + 1} "
+            f"tokens (the longest has {int(lengths.max())}): their ends are cut and not trained on")

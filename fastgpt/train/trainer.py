@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fastgpt.config import Config
 from fastgpt.data import PreparedData, prepare_data
+from fastgpt.data.sft import cut_note
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
@@ -56,6 +57,8 @@ class Trainer:
         self.cfg.model = init.config if init is not None else self.cfg.model
         self._check_data_size()
         check_memory(self.cfg, env.device)  # the real vocabulary is known now; nothing is allocated yet
+        if cfg.data.mode == "sft" and (note := cut_note(self.data.doc_offsets("train"), self.cfg.model.block_size)):
+            self._say(note)
         self.sharded = cfg.train.parallel == "fsdp"  # DCP checkpoints; FSDP2 shards when distributed
         self.fsdp = self.sharded and env.distributed
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them in place)

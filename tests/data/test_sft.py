@@ -13,7 +13,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from fastgpt.config import DataConfig
 from fastgpt.data import prepare_data
 from fastgpt.data.chat_template import ChatTemplate
-from fastgpt.data.sft import conversation
+from fastgpt.data.sft import conversation, cut_note
 from fastgpt.tokenizers import EOT_TEXT, build_tokenizer, load_tokenizer
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -189,3 +189,10 @@ def test_the_default_template_encodes_with_every_tokenizer_kind() -> None:
     for tok in (build_tokenizer("char", ["add 2 and 3 5 <|user|>\n<|assistant|>\n"]), build_tokenizer("byte")):
         ids, mask = ChatTemplate(tok).encode(messages)
         assert ids[-1] == tok.eot_id and sum(mask) == 2
+
+
+def test_examples_longer_than_a_row_are_counted() -> None:
+    offsets = np.array([0, 10, 43, 77, 90])  # lengths 10, 33, 34, 13
+    assert cut_note(offsets, 32) == ("1 of 4 training examples are longer than model.block_size + 1 = 33 tokens "
+                                     "(the longest has 34): their ends are cut and not trained on")
+    assert cut_note(offsets, 33) is None
