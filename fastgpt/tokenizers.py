@@ -10,7 +10,9 @@ that the data pipeline puts after every document, and a pad id (``pad_id``) for 
   with -1 by the loader, so the pad id never reaches the loss).
 * ``bpe``: a byte-level BPE trained on the corpus with Hugging Face ``tokenizers``.
 * a path to a ``tokenizer.json`` (or a folder holding one), a Hugging Face hub id, or one of
-  the aliases ``llama_32k``, ``opt_50k``, ``mistral_32k``.
+  the aliases ``llama_32k``, ``opt_50k``, ``mistral_32k``;
+* a folder a tokenizer was saved in (``tokenizer_meta.json``: a checkpoint or prepared-data folder),
+  which gives that tokenizer again, whatever its kind (a char vocabulary included).
 
 ``encode`` treats its input as plain text: a corpus that contains the string
 ``<|endoftext|>`` is encoded as ordinary characters, never as the special id. Special ids enter
@@ -307,7 +309,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, simplify: bool = False) -> 
 def _load_hf_file(path: Path, name: str) -> HFTokenizer:
     file = path / HF_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"tokenizer {name!r}: {file} does not exist")
+        raise FileNotFoundError(f"tokenizer {name!r}: {file} does not exist (a fastgpt run's tokenizer: name "
+                                "one of its ckpt-NNNNNN folders)")
     return HFTokenizer(_read_hf_json(file, f"tokenizer {name!r}"), name)
 
 
@@ -374,6 +377,8 @@ def build_tokenizer(
     if name in TIKTOKEN_NAMES:
         return TiktokenTokenizer(name)
     if is_tokenizer_path(name):
+        if (Path(name).expanduser() / META_FILE).is_file():  # a folder a fastgpt tokenizer was saved in
+            return load_tokenizer(Path(name).expanduser())
         return _load_hf_file(Path(name).expanduser(), name)
     if name in HUB_ALIASES or name.count("/") == 1:
         return _load_hub(name)

@@ -30,7 +30,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from fastgpt.tokenizers import Tokenizer, is_tokenizer_path, path_exists
+from fastgpt.tokenizers import META_FILE, Tokenizer, is_tokenizer_path, load_tokenizer, path_exists
 
 ROLES = ("system", "user", "assistant")
 CHAT_TEMPLATE_SETTINGS = ("auto", "default")  # or a path: a .jinja file, a tokenizer_config.json or their folder
@@ -48,8 +48,8 @@ def resolve_template(setting: str, tokenizer_name: str) -> dict[str, str | None]
 
     ``auto``: the template in the folder of ``data.tokenizer`` when it is a local tokenizer.json (or
     its folder) with a ``chat_template.jinja`` or a ``tokenizer_config.json`` holding ``chat_template``,
-    else the default; ``default``: the default; anything else is a path to one of those files or
-    their folder, which must hold a template.
+    or the template saved in a fastgpt tokenizer folder, else the default; ``default``: the default;
+    anything else is a path to one of those files or their folder, which must hold a template.
     """
     if setting == "default":
         return None
@@ -57,6 +57,8 @@ def resolve_template(setting: str, tokenizer_name: str) -> dict[str, str | None]
         if not (is_tokenizer_path(tokenizer_name) and path_exists(tokenizer_name)):
             return None
         path = Path(tokenizer_name).expanduser()
+        if (path / META_FILE).is_file():  # a fastgpt tokenizer folder: the template saved with it
+            return load_tokenizer(path).chat_template
         return _read_template(path if path.is_dir() else path.parent, "data.tokenizer")
     path = Path(setting).expanduser()
     if not path_exists(setting):

@@ -33,7 +33,7 @@ from fastgpt.config import DataConfig
 from fastgpt.data.loader import DOC_MODES, TokenLoader
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
-from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
+from fastgpt.tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -128,7 +128,7 @@ def _cache_key(cfg: DataConfig) -> dict:
         tokenizer.update(vocab_size=cfg.vocab_size, simplify=cfg.simplify)
     elif path_exists(cfg.tokenizer):
         path = Path(cfg.tokenizer).expanduser()
-        stat = (path / HF_FILE if path.is_dir() else path).stat()
+        stat = (path / (META_FILE if (path / META_FILE).is_file() else HF_FILE) if path.is_dir() else path).stat()
         tokenizer.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     return {
         "version": FORMAT_VERSION,

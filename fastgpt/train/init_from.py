@@ -68,8 +68,8 @@ def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
     if not same_tokenizer(theirs, tokenizer):
         raise ValueError(f"train.init_from={init!r} was trained with the tokenizer {theirs.name!r} "
                          f"({theirs.vocab_size} tokens), but data.tokenizer={cfg.data.tokenizer!r} gives "
-                         f"{tokenizer.name!r} ({tokenizer.vocab_size} tokens) on this data; the data must use "
-                         "the same tokenizer (a char tokenizer: the same characters)")
+                         f"{tokenizer.name!r} ({tokenizer.vocab_size} tokens) on this data; use the same "
+                         f"tokenizer: data.tokenizer={str(path)!r} reads it from the checkpoint")
     return InitialWeights(str(path), config, ckpt.read_weights(path))
 
 

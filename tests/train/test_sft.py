@@ -14,7 +14,7 @@ from fastgpt import generate as generate_mod
 from fastgpt.data.chat_template import ChatTemplate
 from fastgpt.generate import generate, generate_batch
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load
+from fastgpt.train.checkpoint import load, resolve_checkpoint
 
 LETTERS = "abcdefghij"
 # a 2-layer char model; an example (<|user|>\nabcd\n<|assistant|>\ndcba<eot>) is 33 tokens: one row
@@ -138,3 +138,15 @@ def test_sft_from_a_hugging_face_model(tmp_path: Path) -> None:
     idx = torch.randint(0, 258, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0], hf(idx).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_init_from_a_char_run_with_the_runs_tokenizer(run: dict, cli_error) -> None:
+    rows = run["tmp"] / "copy.jsonl"  # fewer letters: a char tokenizer built on them is another one
+    rows.write_text("".join(json.dumps({"prompt": w, "response": w}) + "\n"
+                            for w in ["".join(random.Random(i).choice("abcde") for _ in range(4)) for i in range(64)]))
+    ckpt = resolve_checkpoint(run["out"], "best")
+    args = [*RUN, f"data.dataset={rows}", f"data.cache_dir={run['tmp'] / 'cache'}", "train.max_iters=2",
+            f"train.init_from={run['out']}", f"train.out_dir={run['tmp'] / 'copy'}"]
+    assert f"data.tokenizer={str(ckpt)!r} reads it from the checkpoint" in cli_error(train_mod.main, args)
+    train_mod.main([*args, f"data.tokenizer={ckpt}"])
+    assert load(run["tmp"] / "copy")[1].chars == load(run["out"])[1].chars
