@@ -111,7 +111,7 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
-DATA_MODES = ("random", "epoch", "padded")  # how fastgpt.data.loader cuts batches
+DATA_MODES = ("random", "epoch", "padded", "sft")  # how fastgpt.data.loader cuts batches
 
 
 @dataclass
@@ -127,7 +127,8 @@ class DataConfig:
     val_fraction: float = 0.1  # the last fraction of each source's tokens is validation data
     sample_ratio: float = 1.0  # use this fraction of the documents (seeded choice, order kept)
     cache_dir: str = "data_cache"  # prepared data goes to <cache_dir>/<name>-<hash>/
-    mode: str = "random"  # random windows | epoch (shuffled disjoint windows) | padded (a doc per row)
+    mode: str = "random"  # random windows | epoch (shuffled disjoint windows) | padded (a doc per row) | sft
+    chat_template: str = "auto"  # sft: auto (data.tokenizer's, else default) | default | PATH (data/chat_template.py)
     special_token_weight: float = 1.0  # loss weight of targets that are special tokens (eot)
     num_workers: int = 0  # tokenizer threads during preparation (0 = one per core)
     seed: int = 1337  # document sampling, mixing and batch order
@@ -146,6 +147,8 @@ class DataConfig:
             raise ValueError(f"data.sample_ratio must be in (0, 1], got {self.sample_ratio}")
         if self.mode not in DATA_MODES:
             raise ValueError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {self.mode!r}")
+        if not isinstance(self.chat_template, str) or not self.chat_template:
+            raise ValueError(f"data.chat_template must be auto, default or a path, got {self.chat_template!r}")
         if self.special_token_weight < 0:
             raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
         _at_most("data.special_token_weight", self.special_token_weight, MAX_SPECIAL_TOKEN_WEIGHT)
@@ -181,7 +184,9 @@ class TrainConfig:
     parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) | fsdp (FSDP2 shards, DCP checkpoints)
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     sample_tokens: int = 200  # tokens of text sampled at the end of training (0 = none)
-    init_from: str = "scratch"  # scratch | hf:PATH_OR_HUB_ID (a Hugging Face GPT-2 or Llama; sets model.*)
+    # scratch | hf:PATH_OR_HUB_ID (a Hugging Face GPT-2 or Llama) | DIR (a fastgpt run or checkpoint); the
+    # last two set model.* (fastgpt.train.init_from)
+    init_from: str = "scratch"
     overwrite: bool = False  # a new run may replace the run already in out_dir (else it is refused)
 
     def __post_init__(self) -> None:
@@ -193,8 +198,9 @@ class TrainConfig:
             _at_most(f"train.{name}", getattr(self, name), limit)
         if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
             raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
-        if self.init_from != "scratch" and not (self.init_from.startswith("hf:") and len(self.init_from) > 3):
-            raise ValueError(f"train.init_from={self.init_from!r} is not 'scratch' or 'hf:PATH_OR_HUB_ID'")
+        if not self.init_from or self.init_from == "hf:":
+            raise ValueError(f"train.init_from={self.init_from!r} is not 'scratch', 'hf:PATH_OR_HUB_ID' or a fastgpt "
+                             "run or checkpoint folder")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"train.epochs must be positive, got {self.epochs!r}")
 

@@ -10,7 +10,9 @@ that the data pipeline puts after every document, and a pad id (``pad_id``) for 
   with -1 by the loader, so the pad id never reaches the loss).
 * ``bpe``: a byte-level BPE trained on the corpus with Hugging Face ``tokenizers``.
 * a path to a ``tokenizer.json`` (or a folder holding one), a Hugging Face hub id, or one of
-  the aliases ``llama_32k``, ``opt_50k``, ``mistral_32k``.
+  the aliases ``llama_32k``, ``opt_50k``, ``mistral_32k``;
+* a folder a tokenizer was saved in (``tokenizer_meta.json``: a checkpoint or prepared-data folder),
+  which gives that tokenizer again, whatever its kind (a char vocabulary included).
 
 ``encode`` treats its input as plain text: a corpus that contains the string
 ``<|endoftext|>`` is encoded as ordinary characters, never as the special id. Special ids enter
@@ -35,6 +37,7 @@ EOT_TEXT = "<|endoftext|>"
 PAD_TEXT = "<|pad|>"
 META_FILE = "tokenizer_meta.json"
 HF_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.json"  # the Jinja chat template a tokenizer carries (fastgpt.data.chat_template)
 TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 HUB_ALIASES = {
     "llama_32k": "hf-internal-testing/llama-tokenizer",
@@ -59,6 +62,13 @@ class Tokenizer(ABC):
     eot_id: int
     bos_id: int | None
     pad_id: int
+    # a Jinja chat template ({"template", "bos_token", "eos_token"}) saved with the tokenizer; None: the default
+    chat_template: dict[str, str | None] | None = None
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special-token texts -> ids, recognised in the text a chat template renders (never in ``encode``)."""
+        return {EOT_TEXT: self.eot_id}
 
     @property
     def special_ids(self) -> tuple[int, ...]:
@@ -88,6 +98,8 @@ class Tokenizer(ABC):
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, **self._meta()}
         (directory / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+        if self.chat_template is not None:
+            (directory / CHAT_TEMPLATE_FILE).write_text(json.dumps(self.chat_template, ensure_ascii=False, indent=1))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
@@ -224,6 +236,10 @@ class HFTokenizer(Tokenizer):
         self.bos_id = tok.token_to_id(bos) if bos else None
         self.vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -297,7 +313,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, simplify: bool = False) -> 
 def _load_hf_file(path: Path, name: str) -> HFTokenizer:
     file = path / HF_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"tokenizer {name!r}: {file} does not exist")
+        raise FileNotFoundError(f"tokenizer {name!r}: {file} does not exist (a fastgpt run's tokenizer: name "
+                                "one of its ckpt-NNNNNN folders)")
     return HFTokenizer(_read_hf_json(file, f"tokenizer {name!r}"), name)
 
 
@@ -364,6 +381,8 @@ def build_tokenizer(
     if name in TIKTOKEN_NAMES:
         return TiktokenTokenizer(name)
     if is_tokenizer_path(name):
+        if (Path(name).expanduser() / META_FILE).is_file():  # a folder a fastgpt tokenizer was saved in
+            return load_tokenizer(Path(name).expanduser())
         return _load_hf_file(Path(name).expanduser(), name)
     if name in HUB_ALIASES or name.count("/") == 1:
         return _load_hub(name)
@@ -378,12 +397,22 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         raise FileNotFoundError(f"no saved tokenizer in {directory}: {META_FILE} is missing")
     try:
         meta = json.loads(meta_path.read_text())
-        return _from_meta(meta, directory)
+        tokenizer = _from_meta(meta, directory)
+        if (directory / CHAT_TEMPLATE_FILE).is_file():
+            tokenizer.chat_template = _chat_template(json.loads((directory / CHAT_TEMPLATE_FILE).read_text()))
+        return tokenizer
     except (KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"{meta_path} is not a tokenizer description fastgpt wrote ({type(exc).__name__}: "
                          f"{str(exc)[:120]})") from None
     except ValueError as exc:  # a JSON error, or one of ours
         raise ValueError(f"{meta_path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _chat_template(saved: object) -> dict[str, str | None]:
+    if not isinstance(saved, dict) or not isinstance(saved.get("template"), str) or not all(
+            isinstance(saved.get(k), str | None) for k in ("bos_token", "eos_token")):
+        raise TypeError(f"{CHAT_TEMPLATE_FILE} must hold a template string and bos_token/eos_token strings or null")
+    return {k: saved.get(k) for k in ("template", "bos_token", "eos_token")}
 
 
 def _from_meta(meta: dict, directory: Path) -> Tokenizer:

@@ -9,6 +9,7 @@ import torch
 
 from fastgpt.config import DATA_MODES as MODES
 
+DOC_MODES = ("padded", "sft")  # a document (example) per row
 RANDOM_CHUNK = 4096  # random mode draws the offsets of this many rows at a time
 REOPEN_EVERY = 256  # batches read through one memory map of the tokens file
 
@@ -30,9 +31,12 @@ class TokenLoader:
       of one epoch and the first of the next).
     * ``padded``: each row is one document (``doc_offsets``), cut or padded with ``pad_id`` to
       T + 1 tokens; targets at pads are -1 (ignored by the loss). Documents go by epochs as above.
+    * ``sft``: ``padded`` rows of examples (``fastgpt.data.sft``), and ``w`` is ``loss_mask`` (1 on
+      response tokens) at the targets: 0 on prompt and padding targets.
 
-    ``w`` is None unless ``special_token_weight != 1``: then it is a float32 (B, T) tensor with
-    that weight where the target is one of ``special_ids``, 0 where it is -1, and 1 elsewhere.
+    ``w`` is None unless ``special_token_weight != 1`` or the mode is ``sft``: then it is a float32 (B, T)
+    tensor with that weight where the target is one of ``special_ids``, 0 where it is -1 (or, in sft,
+    masked), and 1 elsewhere.
     ``state_dict`` is the number of rows consumed, the same on every rank and independent of the world
     size, so a resumed loader continues exactly, also on another number of ranks with the same global
     batch (or any global batch that divides the rows consumed).
@@ -54,6 +58,7 @@ class TokenLoader:
         pad_id: int | None = None,
         special_ids: tuple[int, ...] = (),
         special_token_weight: float = 1.0,
+        loss_mask: np.ndarray | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -62,14 +67,16 @@ class TokenLoader:
                 f"need block_size >= 1, batch_size >= 1 and 0 <= rank < world_size, "
                 f"got {block_size}, {batch_size}, rank {rank} of {world_size}"
             )
-        if mode == "padded" and (doc_offsets is None or pad_id is None):
-            raise ValueError("mode 'padded' needs doc_offsets and pad_id")
+        if mode in DOC_MODES and (doc_offsets is None or pad_id is None):
+            raise ValueError(f"mode {mode!r} needs doc_offsets and pad_id")
+        if (mode == "sft") != (loss_mask is not None):
+            raise ValueError("mode 'sft', and only it, takes a loss_mask")
         self.block_size, self.batch_size, self.mode = block_size, batch_size, mode
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
         self.doc_offsets = None if doc_offsets is None else np.asarray(doc_offsets, dtype=np.int64)
         self.pad_id, self.special_ids, self.special_token_weight = pad_id, tuple(special_ids), special_token_weight
-        self._tokens = tokens
+        self._tokens, self.loss_mask = tokens, loss_mask
         self._path = _whole_file(tokens)
         self._map: tuple[np.ndarray, int] | None = None  # (the open memory map, batches read through it)
         self.num_tokens = len(tokens)
@@ -84,17 +91,17 @@ class TokenLoader:
 
     def _check_size(self) -> None:
         T, n = self.block_size, self.num_tokens
-        if self.mode != "padded" and n < T + 1:
+        if self.mode not in DOC_MODES and n < T + 1:
             raise ValueError(f"{n} tokens are too few for block_size {T}: need at least {T + 1}")
         items = self._epoch_rows()
         if self.mode != "random" and items < self.global_batch:
-            what = "documents" if self.mode == "padded" else f"windows of {T + 1} tokens"
+            what = "documents" if self.mode in DOC_MODES else f"windows of {T + 1} tokens"
             raise ValueError(f"mode {self.mode!r} needs batch_size * world_size = {self.global_batch} {what}, "
                              f"the data has {items}")
 
     def _epoch_rows(self) -> int:
         """Rows in one pass over the data: windows, documents, or (random) tokens // block_size."""
-        if self.mode == "padded":
+        if self.mode in DOC_MODES:
             return len(self.doc_offsets) - 1
         return (self.num_tokens - 1) // self.block_size
 
@@ -142,7 +149,7 @@ class TokenLoader:
         """The batch's rows of T + 1 tokens, int64, shape (B, T + 1); pads marked -1."""
         T, B = self.block_size, self.batch_size
         items = self._items()
-        if self.mode == "padded":
+        if self.mode in DOC_MODES:
             rows = np.full((B, T + 1), -1, dtype=np.int64)
             for row, d in zip(rows, items, strict=True):
                 start = self.doc_offsets[d]
@@ -155,14 +162,16 @@ class TokenLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, T) int64 inputs, y (B, T) int64 targets (-1 = ignore), w (B, T) float32 or None."""
         rows = torch.from_numpy(self._rows(self._view()))
+        # the same rows of the mask (-1 at pads): ``_rows`` draws the rows of batch ``step``
+        trained = torch.from_numpy(self._rows(self.loss_mask)[:, 1:] == 1) if self.mode == "sft" else None
         self.step += 1
         x, y = rows[:, :-1], rows[:, 1:].contiguous()
-        if self.mode == "padded":
+        if self.mode in DOC_MODES:
             x = x.masked_fill(x < 0, self.pad_id)  # pad inputs read the pad id, their targets stay -1
         w = None
-        if self.special_token_weight != 1.0:
-            w = torch.ones(y.shape, dtype=torch.float32)
-            w[torch.isin(y, torch.tensor(self.special_ids, dtype=torch.int64))] = self.special_token_weight
+        if self.special_token_weight != 1.0 or trained is not None:
+            w = torch.ones(y.shape, dtype=torch.float32) if trained is None else trained.float()
+            w[torch.isin(y, torch.tensor(self.special_ids, dtype=torch.int64))] *= self.special_token_weight
             w[y < 0] = 0.0
         return tuple(self._to_device(t) for t in (x, y, w))
 

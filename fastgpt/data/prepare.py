@@ -30,9 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from fastgpt.config import DataConfig
-from fastgpt.data.loader import TokenLoader
+from fastgpt.data.loader import DOC_MODES, TokenLoader
+from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
-from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
+from fastgpt.tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -95,12 +96,24 @@ class PreparedData:
 
         ``kwargs`` go to ``TokenLoader`` (``device``, ``rank``, ``world_size``).
         """
+        if (cfg.mode == "sft") != (self.manifest.get("mode") == "sft"):
+            raise ValueError(f"data.mode={cfg.mode!r} cannot read {self.dir}, prepared "
+                             f"{'for' if cfg.mode != 'sft' else 'without'} data.mode=sft")
         return TokenLoader(
             self._tokens(split), block_size, batch_size, mode=cfg.mode, seed=cfg.seed,
-            doc_offsets=self.doc_offsets(split) if cfg.mode == "padded" else None,
+            doc_offsets=self.doc_offsets(split) if cfg.mode in DOC_MODES else None,
             pad_id=self.tokenizer.pad_id, special_ids=self.tokenizer.special_ids,
-            special_token_weight=cfg.special_token_weight, **kwargs,
+            special_token_weight=cfg.special_token_weight,
+            loss_mask=loss_mask(self.dir, split, self.manifest[f"{split}_tokens"]) if cfg.mode == "sft" else None,
+            **kwargs,
         )  # fmt: skip
+
+    def epoch_rows(self, split: str, block_size: int, mode: str) -> int:
+        """Rows of ``block_size + 1`` tokens in one pass over ``split``: documents in the padded and sft
+        modes, else windows."""
+        if mode in DOC_MODES:
+            return len(self.doc_offsets(split)) - 1
+        return max(0, self.manifest[f"{split}_tokens"] - 1) // block_size
 
 
 def _check_split(split: str) -> None:
@@ -115,7 +128,7 @@ def _cache_key(cfg: DataConfig) -> dict:
         tokenizer.update(vocab_size=cfg.vocab_size, simplify=cfg.simplify)
     elif path_exists(cfg.tokenizer):
         path = Path(cfg.tokenizer).expanduser()
-        stat = (path / HF_FILE if path.is_dir() else path).stat()
+        stat = (path / (META_FILE if (path / META_FILE).is_file() else HF_FILE) if path.is_dir() else path).stat()
         tokenizer.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     return {
         "version": FORMAT_VERSION,
@@ -126,6 +139,7 @@ def _cache_key(cfg: DataConfig) -> dict:
         "val_fraction": cfg.val_fraction,
         "sample_ratio": cfg.sample_ratio,
         "seed": cfg.seed,
+        **({"sft": cache_settings(cfg)} if cfg.mode == "sft" else {}),
     }
 
 
@@ -246,6 +260,12 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
         return reused
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
+    if cfg.mode == "sft":  # JSONL examples: tokens, an example per document, and a loss mask
+        tokenizer, dtype, counts = write_sft(cfg, directory)
+        return _commit(directory, tokenizer, {"hash": digest, "version": FORMAT_VERSION, "mode": "sft",
+                                              "dtype": dtype.name, **counts,
+                                              "documents": counts["train_rows"] + counts["val_rows"],
+                                              "settings": key})
 
     docs = [
         _sample(load_documents(source, cfg.text_column), cfg.sample_ratio, [cfg.seed, i])
@@ -267,12 +287,18 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
         f"{split}_tokens": _write(directory, split, [s[i] for s in splits], [s[i + 1] for s in splits])
         for split, i in (("train", 0), ("val", 2))
     }
-    tokenizer.save(directory)
     manifest = {
-        "hash": digest, "version": FORMAT_VERSION, "tokenizer": tokenizer.name,
-        "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id,
+        "hash": digest, "version": FORMAT_VERSION,
         "dtype": dtype.name, **counts, "documents": sum(len(lengths) for _, lengths in streams), "settings": key,
     }  # fmt: skip
+    return _commit(directory, tokenizer, manifest)
+
+
+def _commit(directory: Path, tokenizer: Tokenizer, manifest: dict) -> PreparedData:
+    """Save the tokenizer and, last, the manifest (with the tokenizer's fields), which marks the folder done."""
+    tokenizer.save(directory)
+    manifest = {**manifest, "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id}
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     _fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them

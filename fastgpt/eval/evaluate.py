@@ -118,6 +118,8 @@ def confine(cfg: DataConfig, checkpoint: str | Path, cache_dir: str | None) -> D
     named = [("data.dataset", s) for s in cfg.sources if looks_like_path(s) or Path(s).expanduser().exists()]
     if is_tokenizer_path(cfg.tokenizer):
         named.append(("data.tokenizer", cfg.tokenizer))
+    if cfg.chat_template not in ("auto", "default"):  # data.mode=sft: a template file
+        named.append(("data.chat_template", cfg.chat_template))
     for key, value in named:
         if not Path(value).expanduser().resolve().is_relative_to(here):
             raise ValueError(f"checkpoint {str(checkpoint)!r} names {key}={value[:120]!r}, outside the current folder "

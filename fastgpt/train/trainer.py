@@ -24,11 +24,13 @@ from tqdm import tqdm
 
 from fastgpt.config import Config
 from fastgpt.data import PreparedData, prepare_data
+from fastgpt.data.sft import cut_note
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, mean_across_ranks, shard_fsdp, sum_across_ranks, wrap_ddp
+from fastgpt.train.init_from import initial_weights
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
 from fastgpt.train.preflight import check_backends, check_memory
@@ -51,16 +53,19 @@ class Trainer:
             self._say(f"model.vocab_size={cfg.model.vocab_size} set to {tok.vocab_size}, the vocabulary of "
                       f"data.tokenizer={cfg.data.tokenizer!r}")
         self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
-        hf_model = self._from_hf() if cfg.train.init_from != "scratch" else None  # sets self.cfg.model
+        init = initial_weights(self.cfg, tok)  # hf:PATH or DIR: the source's model config and weights
+        self.cfg.model = init.config if init is not None else self.cfg.model
         self._check_data_size()
         check_memory(self.cfg, env.device)  # the real vocabulary is known now; nothing is allocated yet
+        if cfg.data.mode == "sft" and (note := cut_note(self.data.doc_offsets("train"), self.cfg.model.block_size)):
+            self._say(note)
         self.sharded = cfg.train.parallel == "fsdp"  # DCP checkpoints; FSDP2 shards when distributed
         self.fsdp = self.sharded and env.distributed
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them in place)
         with torch.device(env.device):
             self.model = GPT(self.cfg.model)
-        if hf_model is not None:
-            self.model.load_state_dict(hf_model.state_dict())
+        if init is not None:
+            init.load_into(self.model)
         torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
         dtype = getattr(torch, cfg.train.dtype)
         if self.fsdp:
@@ -77,8 +82,10 @@ class Trainer:
         loader_args = dict(device=env.device, rank=env.rank, world_size=env.world_size)
         T, B = self.cfg.model.block_size, cfg.train.batch_size
         self.train_loader = self.data.loader("train", T, B, cfg.data, **loader_args)
-        self.eval_loaders = {split: self.data.loader(split, T, B, replace(cfg.data, mode="random"), **loader_args)
-                             for split in ("train", "val") if self._count(split) > T}
+        sft = cfg.data.mode == "sft"  # evaluated on its examples' responses; other modes on random windows
+        eval_data, need = replace(cfg.data, mode="sft" if sft else "random"), B * env.world_size if sft else 1
+        self.eval_loaders = {split: self.data.loader(split, T, B, eval_data, **loader_args)
+                             for split in ("train", "val") if self.data.epoch_rows(split, T, eval_data.mode) >= need}
         self.iter, self.best_val, self.nonfinite, self.nonfinite_in_a_row = 0, math.inf, 0, 0
         self.metrics = MetricsLog(self.out_dir, open_wandb(cfg.logging, self.cfg.to_dict())) if env.is_main else None
         check_benchmarks(cfg.eval)
@@ -109,23 +116,9 @@ class Trainer:
         self.env.wait_for_preparation()
         return data or prepare_data(self.cfg.data, progress=False)
 
-    def _from_hf(self) -> GPT:
-        """The Hugging Face model of ``train.init_from``; its config replaces model.* (backends kept)."""
-        init, m, tok = self.cfg.train.init_from, self.cfg.model, self.data.tokenizer
-        model = GPT.from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
-        if model.config.vocab_size != tok.vocab_size:
-            raise ValueError(f"train.init_from={init!r} has a vocabulary of {model.config.vocab_size} tokens but "
-                             f"data.tokenizer={self.cfg.data.tokenizer!r} has {tok.vocab_size}; use the tokenizer "
-                             "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
-        self.cfg.model = model.config
-        return model
-
-    def _count(self, split: str) -> int:
-        return self.data.train_count if split == "train" else self.data.val_count
-
     def _check_data_size(self) -> None:
         need = self.cfg.model.block_size + 1
-        if self.data.train_count < need:
+        if self.data.train_count < need and self.cfg.data.mode != "sft":  # sft: rows are padded examples
             raise ValueError(f"dataset {self.cfg.data.dataset!r} has {self.data.train_count} training tokens, "
                              f"fewer than block_size + 1 = {need}; use more data or a smaller model.block_size")
 
@@ -133,8 +126,8 @@ class Trainer:
         t = self.cfg.train
         if t.epochs is None:
             return t.max_iters
-        tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size
-        return max(1, math.ceil(t.epochs * self.data.train_count / tokens_per_iter))
+        rows = self.data.epoch_rows("train", self.cfg.model.block_size, self.cfg.data.mode)
+        return max(1, math.ceil(t.epochs * rows / (t.batch_size * t.grad_accum_steps * self.env.world_size)))
 
     def _wrap(self, model: GPT) -> torch.nn.Module:
         if self.cfg.train.compile:

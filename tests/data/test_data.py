@@ -42,7 +42,7 @@ def _write_jsonl(path: Path, docs: list[str], column: str = "tweet") -> Path:
     [
         ({"val_fraction": 1.0}, r"data.val_fraction must be in \[0, 1\)"),
         ({"sample_ratio": 0.0}, r"data.sample_ratio must be in \(0, 1\]"),
-        ({"mode": "stream"}, "data.mode must be one of random, epoch, padded, got 'stream'"),
+        ({"mode": "stream"}, "data.mode must be one of random, epoch, padded, sft, got 'stream'"),
         ({"dataset": ["a", "b"], "weights": [1.0]}, "data.weights must be 2 positive numbers"),
         ({"dataset": []}, "data.dataset must be a non-empty"),
         ({"vocab_size": 100}, "data.vocab_size must be at least 258"),

@@ -1,0 +1,90 @@
+"""Where a run's first weights come from: ``train.init_from``.
+
+* ``scratch``: a freshly initialised model of ``model.*``;
+* ``hf:PATH_OR_HUB_ID``: a Hugging Face GPT-2 or Llama model (``GPT.from_hf``);
+* ``DIR``: a fastgpt run's ``out_dir`` (its ``best`` checkpoint, as ``fastgpt.load`` reads it) or one
+  ``ckpt-NNNNNN`` folder: ``model.safetensors`` and the ``model`` section of its ``config.yaml``.
+
+The last two replace ``model.*`` with the source's model config (the backends stay the run's), and the
+data's tokenizer must be the one the source was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from fastgpt.config import Config, GPTConfig
+from fastgpt.model import GPT
+from fastgpt.tokenizers import CHAT_TEMPLATE_FILE, META_FILE, Tokenizer, load_tokenizer
+from fastgpt.train import checkpoint as ckpt
+
+
+@dataclass
+class InitialWeights:
+    """The model config and weights a run starts from, and where they came from (for messages)."""
+
+    source: str
+    config: GPTConfig
+    weights: dict[str, torch.Tensor]
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Copy the weights into ``model`` (tied tensors may be stored once)."""
+        ckpt.load_weights(model, Path(self.source), self.weights)
+
+
+def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
+    """``cfg.train.init_from``'s config and weights; None for ``scratch``. ``tokenizer`` is the data's."""
+    init, m = cfg.train.init_from, cfg.model
+    if init == "scratch":
+        return None
+    if init.startswith("hf:"):
+        model = GPT.from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"train.init_from={init!r} has a vocabulary of {model.config.vocab_size} tokens but "
+                             f"data.tokenizer={cfg.data.tokenizer!r} has {tokenizer.vocab_size}; use the tokenizer "
+                             "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
+        return InitialWeights(init, model.config, model.state_dict())
+    if not Path(init).expanduser().is_dir():
+        raise FileNotFoundError(f"train.init_from={init!r} is not 'scratch', 'hf:PATH_OR_HUB_ID' or an existing "
+                                "fastgpt run or checkpoint folder")
+    path = ckpt.resolve_checkpoint(Path(init).expanduser(), "best")
+    if ckpt.is_sharded(path):
+        raise ValueError(f"train.init_from={init!r}: {path} holds DCP shards only (train.parallel=fsdp), which "
+                         "are not read here; convert it first with python -m fastgpt convert")
+    try:
+        config = replace(GPTConfig(**ckpt.read_config(path)["model"]), attn_backend=m.attn_backend,
+                         norm_backend=m.norm_backend)
+    except (TypeError, ValueError) as exc:
+        raise ckpt.CheckpointError(f"train.init_from={init!r}: {path} has an invalid model config: {exc}") from None
+    try:
+        theirs = load_tokenizer(path)
+    except (OSError, ValueError) as exc:
+        raise ckpt.CheckpointError(f"train.init_from={init!r}: {path} has no usable tokenizer: {exc}") from None
+    if not same_tokenizer(theirs, tokenizer):
+        raise ValueError(f"train.init_from={init!r} was trained with the tokenizer {theirs.name!r} "
+                         f"({theirs.vocab_size} tokens), but data.tokenizer={cfg.data.tokenizer!r} gives "
+                         f"{tokenizer.name!r} ({tokenizer.vocab_size} tokens) on this data; use the same "
+                         f"tokenizer: data.tokenizer={str(path)!r} reads it from the checkpoint")
+    return InitialWeights(str(path), config, ckpt.read_weights(path))
+
+
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """True when ``a`` and ``b`` save the same vocabulary: the same files, aside from the chat template and
+    the name (a tokenizer.json's path) of a tokenizer that is not a tiktoken encoding."""
+    if (type(a), a.vocab_size, a.special_ids) != (type(b), b.vocab_size, b.special_ids):
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = []
+        for name, tok in (("a", a), ("b", b)):
+            tok.save(Path(tmp) / name)
+            files = {f.name: f.read_bytes() for f in (Path(tmp) / name).iterdir() if f.name != CHAT_TEMPLATE_FILE}
+            meta = json.loads(files.pop(META_FILE))
+            if meta.get("kind") != "tiktoken":
+                meta.pop("name", None)
+            saved.append((meta, files))
+        return saved[0] == saved[1]
