@@ -3,7 +3,8 @@
 Layout of a run's ``out_dir``::
 
     ckpt-000500/            one complete checkpoint
-        model.safetensors   weights (tied tensors stored once)
+        model.safetensors   weights (tied tensors stored once); a LoRA run (train.lora_rank) has
+                            adapters.safetensors instead: its adapters only (fastgpt.train.adapters)
         config.yaml         the run's full resolved config
         tokenizer files     whatever the tokenizer's ``save`` writes
         state.pt            optimizer, scheduler, GradScaler, RNG and data-cursor state, counters
@@ -37,12 +38,13 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
 from fastgpt.config import GPTConfig
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
 from fastgpt.train import run_dir
+from fastgpt.train.adapters import ADAPTERS, is_adapter_checkpoint, load_adapters, load_merged, save_weights
 from fastgpt.train.preflight import check_weights_fit
 
 POINTERS = ("latest", "best")
@@ -108,7 +110,7 @@ def write_files(
 ) -> None:
     """Weights (unless ``model`` is None), config, tokenizer and state (unless None), flushed to disk."""
     if model is not None:
-        save_model(model, str(folder / "model.safetensors"))
+        save_weights(model, folder)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(folder)
     if state is not None:
@@ -222,7 +224,13 @@ def read_config(ckpt: Path) -> dict[str, Any]:
 
 def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
     """Load ``model.safetensors`` (or ``weights`` read from it) into ``model``; a shape or key mismatch
-    raises CheckpointError. Tied tensors are stored once; the names they share are not missing."""
+    raises CheckpointError. Tied tensors are stored once; the names they share are not missing.
+    A LoRA checkpoint's adapters go into ``model``'s adapters, if its base hashes as saved."""
+    if weights is None and is_adapter_checkpoint(ckpt):
+        try:
+            return load_adapters(model, ckpt)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if weights is None:
         weights = read_weights(ckpt)
     try:
@@ -293,6 +301,11 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         tokenizer = load_tokenizer(ckpt)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
+    if is_adapter_checkpoint(ckpt):
+        try:
+            return load_merged(ckpt, config, tokenizer, device), tokenizer
+        except (ValueError, FileNotFoundError) as exc:
+            raise CheckpointError(str(exc)) from None
     weights = None if is_sharded(ckpt) else read_weights(ckpt)
     try:
         model_config = GPTConfig(**config["model"])
@@ -345,7 +358,7 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / "model.safetensors").is_file() or is_sharded(folder)
+    return (folder / "model.safetensors").is_file() or (folder / ADAPTERS).is_file() or is_sharded(folder)
 
 
 def _failure(exc: BaseException) -> BaseException:
