@@ -74,7 +74,7 @@ def read_adapters(ckpt: Path) -> tuple[dict[str, torch.Tensor], str]:
     try:
         with safe_open(str(ckpt / ADAPTERS), framework="pt") as f:
             digest = (f.metadata() or {}).get("base_sha256")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"checkpoint {str(ckpt)!r} has unreadable adapters: {exc}") from None
     if not isinstance(digest, str):
