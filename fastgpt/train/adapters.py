@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_file
 
 from fastgpt.config import TrainConfig
 from fastgpt.model import GPT
@@ -56,11 +56,8 @@ def base_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_weights(model: torch.nn.Module, folder: Path) -> None:
-    """``adapters.safetensors`` (with the base's hash) for a model with adapters, else ``model.safetensors``."""
-    if not has_adapters(model):
-        save_model(model, str(folder / "model.safetensors"))
-        return
+def save_adapters(model: torch.nn.Module, folder: Path) -> None:
+    """``folder/adapters.safetensors``: the adapters of ``model``, and its base's hash in the metadata."""
     tensors = {k: v.to("cpu").contiguous() for k, v in adapter_state(model).items()}
     save_file(tensors, str(folder / ADAPTERS), metadata={"base_sha256": base_sha256(model)})
 

@@ -38,13 +38,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 
 from fastgpt.config import GPTConfig
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
-from fastgpt.train import run_dir
-from fastgpt.train.adapters import ADAPTERS, is_adapter_checkpoint, load_adapters, load_merged, save_weights
+from fastgpt.train import adapters, run_dir
 from fastgpt.train.preflight import check_weights_fit
 
 POINTERS = ("latest", "best")
@@ -108,9 +107,12 @@ def write_files(
     folder: Path, model: torch.nn.Module | None, tokenizer: Tokenizer, config: dict[str, Any],
     state: dict[str, Any] | None,
 ) -> None:
-    """Weights (unless ``model`` is None), config, tokenizer and state (unless None), flushed to disk."""
-    if model is not None:
-        save_weights(model, folder)
+    """Weights (unless ``model`` is None; adapters only for a LoRA model), config, tokenizer and state (unless
+    None), flushed to disk."""
+    if model is not None and adapters.has_adapters(model):  # a LoRA run: its adapters only
+        adapters.save_adapters(model, folder)
+    elif model is not None:
+        save_model(model, str(folder / "model.safetensors"))
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(folder)
     if state is not None:
@@ -226,9 +228,9 @@ def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Te
     """Load ``model.safetensors`` (or ``weights`` read from it) into ``model``; a shape or key mismatch
     raises CheckpointError. Tied tensors are stored once; the names they share are not missing.
     A LoRA checkpoint's adapters go into ``model``'s adapters, if its base hashes as saved."""
-    if weights is None and is_adapter_checkpoint(ckpt):
+    if weights is None and adapters.is_adapter_checkpoint(ckpt):
         try:
-            return load_adapters(model, ckpt)
+            return adapters.load_adapters(model, ckpt)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
     if weights is None:
@@ -301,9 +303,9 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         tokenizer = load_tokenizer(ckpt)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
-    if is_adapter_checkpoint(ckpt):
+    if adapters.is_adapter_checkpoint(ckpt):
         try:
-            return load_merged(ckpt, config, tokenizer, device), tokenizer
+            return adapters.load_merged(ckpt, config, tokenizer, device), tokenizer
         except (ValueError, FileNotFoundError) as exc:
             raise CheckpointError(str(exc)) from None
     weights = None if is_sharded(ckpt) else read_weights(ckpt)
@@ -358,7 +360,7 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / "model.safetensors").is_file() or (folder / ADAPTERS).is_file() or is_sharded(folder)
+    return (folder / "model.safetensors").is_file() or (folder / adapters.ADAPTERS).is_file() or is_sharded(folder)
 
 
 def _failure(exc: BaseException) -> BaseException:
