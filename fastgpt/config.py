@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from fastgpt.nn.lora import TARGETS as LORA_TARGETS
 from fastgpt.nn.mlp import ACTIVATIONS, FFN_TYPES
 from fastgpt.nn.norm import NORMS
 from fastgpt.ops._backend import CHOICES as BACKENDS
@@ -112,6 +113,7 @@ class GPTConfig:
 
 
 DATA_MODES = ("random", "epoch", "padded", "sft")  # how fastgpt.data.loader cuts batches
+OBJECTIVES = ("next_token", "next_token_mlm")  # fastgpt.train.objectives
 
 
 @dataclass
@@ -188,6 +190,13 @@ class TrainConfig:
     # last two set model.* (fastgpt.train.init_from)
     init_from: str = "scratch"
     overwrite: bool = False  # a new run may replace the run already in out_dir (else it is refused)
+    objective: str = "next_token"  # next_token | next_token_mlm (bidirectional models; fastgpt.train.objectives)
+    mlm_fraction: float = 0.15  # next_token_mlm: the fraction of input tokens masked
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen train.init_from base (fastgpt.nn.lora)
+    lora_alpha: float = 16.0  # adapters scale by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "attn.c_proj"])  # projections adapted
+    freeze: list[str] = field(default_factory=list)  # glob patterns of parameter names not trained (blocks.0.*)
 
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -203,6 +212,38 @@ class TrainConfig:
                              "run or checkpoint folder")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"train.epochs must be positive, got {self.epochs!r}")
+        self._check_finetuning()
+
+    def _check_finetuning(self) -> None:
+        _choice("train.objective", self.objective, OBJECTIVES)
+        if not 0 < self.mlm_fraction < 1:
+            raise ValueError(f"train.mlm_fraction must be in (0, 1), got {self.mlm_fraction!r}")
+        if self.objective == "next_token_mlm" and self.init_from != "scratch":
+            raise ValueError(f"train.objective=next_token_mlm trains from scratch, not train.init_from="
+                             f"{self.init_from!r}: its mask token is an id past the tokenizer's vocabulary, which "
+                             "an imported model has no embedding for")
+        if self.lora_rank < 0:
+            raise ValueError(f"train.lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank!r}")
+        _at_most("train.lora_rank", self.lora_rank, MODEL_LIMITS["n_embd"])
+        if not self.lora_alpha > 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"train.lora_alpha must be positive and train.lora_dropout in [0, 1), got "
+                             f"{self.lora_alpha!r} and {self.lora_dropout!r}")
+        for target in self.lora_targets:
+            _choice("train.lora_targets item", target, LORA_TARGETS)
+        if not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise ValueError(f"train.lora_targets must name distinct projections of {', '.join(LORA_TARGETS)}, "
+                             f"got {self.lora_targets!r}")
+        if self.lora_rank and not self.init_from.startswith("hf:"):
+            raise ValueError(f"train.lora_rank={self.lora_rank} adapts a Hugging Face base model: set train.init_from="
+                             "hf:PATH_OR_HUB_ID (a fastgpt run as the base: python -m fastgpt export it first, "
+                             f"then hf:THAT_FOLDER), not {self.init_from!r}")
+        if self.lora_rank and self.parallel == "fsdp":
+            raise ValueError("train.lora_rank > 0 saves its adapters in one file; use train.parallel=ddp")
+        if self.lora_rank and self.freeze:
+            raise ValueError(f"train.freeze={self.freeze!r} with train.lora_rank={self.lora_rank}: LoRA already "
+                             "freezes every base weight; drop one of them")
+        if not all(isinstance(p, str) and p for p in self.freeze):
+            raise ValueError(f"train.freeze must be a list of non-empty glob patterns, got {self.freeze!r}")
 
 
 @dataclass
@@ -260,6 +301,12 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model.causal and self.train.objective == "next_token" and self.train.init_from == "scratch":
+            raise ValueError("model.causal=false with train.objective=next_token leaks the targets: a bidirectional "
+                             "model sees the token it predicts; use train.objective=next_token_mlm or "
+                             "model.causal=true")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -4,7 +4,8 @@
 Evaluates a checkpoint on validation loss and on multiple-choice benchmarks and prints a table;
 ``--output`` also writes the results as JSON, keyed by task.
 
-* ``val_loss``: mean next-token loss and perplexity on the validation split of the checkpoint's
+* ``val_loss``: mean next-token loss, perplexity, bits per byte and per character
+  (``fastgpt.eval.bits_per_byte``: comparable across tokenizers) on the validation split of the checkpoint's
   own dataset (its config.yaml ``data`` section, prepared or reused like ``fastgpt.train`` does),
   or on any source the data pipeline reads given as ``--data val_loss=FILE`` (all of it). The
   tokens are cut into consecutive windows of ``block_size``, so each is predicted once.
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fastgpt.data import DataConfig
+from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
 from fastgpt.train.distributed import resolve_device
@@ -40,9 +42,12 @@ VAL_LOSS = "val_loss"
 
 @torch.no_grad()
 def evaluate_loss(
-    model: GPT, tokens: np.ndarray, batch_size: int = 8, limit: int | None = None, progress: bool = False
+    model: GPT, tokens: np.ndarray, batch_size: int = 8, limit: int | None = None, progress: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> dict[str, float | int]:
-    """``{"loss", "perplexity", "tokens"}`` of the token stream ``tokens`` (N,).
+    """``{"loss", "perplexity", "tokens"}`` of the token stream ``tokens`` (N,), and with ``tokenizer``
+    also ``bits_per_byte`` and ``bits_per_char`` of the text the scored tokens stand for
+    (``fastgpt.eval.bits_per_byte``; left out when they stand for no text).
 
     The stream is cut into consecutive windows of ``block_size`` predictions (the last one
     shorter); each token after the first is predicted once, from its window's earlier tokens.
@@ -51,11 +56,15 @@ def evaluate_loss(
     from fastgpt.eval.tasks import spread
 
     T = model.config.block_size
+    if not model.config.causal:
+        raise ValueError("val_loss is a next-token loss, which a bidirectional model (model.causal=false) cheats "
+                         "on: it sees the tokens it predicts")
     if len(tokens) < 2:
         raise ValueError(f"need at least 2 tokens to measure a loss, got {len(tokens)}")
     starts = [i * T for i in spread(math.ceil((len(tokens) - 1) / T), limit)]
     device = model.wte.weight.device
-    total, count = 0.0, 0
+    lengths = TokenLengths(tokenizer) if tokenizer is not None else None
+    total, count, n_bytes, n_chars = 0.0, 0, 0, 0
     was_training = model.training
     model.eval()
     try:
@@ -69,10 +78,16 @@ def evaluate_loss(
             y = y.to(device)
             total += F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-1, reduction="sum").item()
             count += int((y >= 0).sum())
+            if lengths is not None:
+                scored_bytes, scored_chars = lengths.count(y)
+                n_bytes, n_chars = n_bytes + scored_bytes, n_chars + scored_chars
     finally:
         model.train(was_training)
     loss = total / count
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+    out = {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+    if n_bytes > 0:
+        out.update(bits_per_byte=bits_per(total, n_bytes), bits_per_char=bits_per(total, n_chars), bytes=n_bytes)
+    return out
 
 
 def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None,
@@ -148,11 +163,11 @@ def parse_data(entries: list[str]) -> dict[str, str]:
 
 def format_table(results: dict[str, dict[str, float | int]]) -> str:
     """One line per task: its metrics and how many questions (or tokens) they cover."""
-    lines = [f"{'task':<16}{'metric':<12}{'value':>10}{'n':>10}"]
+    lines = [f"{'task':<16}{'metric':<14}{'value':>10}{'n':>10}"]
     for task, metrics in results.items():
         n = metrics.get("n", metrics.get("tokens"))
-        for i, (name, value) in enumerate((k, v) for k, v in metrics.items() if k not in ("n", "tokens")):
-            lines.append(f"{task if i == 0 else '':<16}{name:<12}{value:>10.4f}{n if i == 0 else '':>10}")
+        for i, (name, value) in enumerate((k, v) for k, v in metrics.items() if k not in ("n", "tokens", "bytes")):
+            lines.append(f"{task if i == 0 else '':<16}{name:<14}{value:>10.4f}{n if i == 0 else '':>10}")
     return "\n".join(lines)
 
 
@@ -204,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         with autocast:
             if task == VAL_LOSS:
                 tokens = loss_tokens(args.checkpoint, tokenizer, data.get(VAL_LOSS), args.cache_dir)
-                results[task] = evaluate_loss(model, tokens, args.batch_size, args.limit, progress=True)
+                results[task] = evaluate_loss(model, tokens, args.batch_size, args.limit, progress=True,
+                                              tokenizer=tokenizer)
             else:
                 items = load_items(task, data.get(task), args.limit)
                 results[task] = evaluate_mcq(model, tokenizer, items, args.batch_size, progress=True, desc=task)

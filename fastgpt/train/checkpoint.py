@@ -3,7 +3,8 @@
 Layout of a run's ``out_dir``::
 
     ckpt-000500/            one complete checkpoint
-        model.safetensors   weights (tied tensors stored once)
+        model.safetensors   weights (tied tensors stored once); a LoRA run (train.lora_rank) has
+                            adapters.safetensors instead: its adapters only (fastgpt.train.adapters)
         config.yaml         the run's full resolved config
         tokenizer files     whatever the tokenizer's ``save`` writes
         state.pt            optimizer, scheduler, GradScaler, RNG and data-cursor state, counters
@@ -42,7 +43,7 @@ from safetensors.torch import load_file, save_model
 from fastgpt.config import GPTConfig
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
-from fastgpt.train import run_dir
+from fastgpt.train import adapters, run_dir
 from fastgpt.train.preflight import check_weights_fit
 
 POINTERS = ("latest", "best")
@@ -124,8 +125,11 @@ def write_files(
     folder: Path, model: torch.nn.Module | None, tokenizer: Tokenizer, config: dict[str, Any],
     state: dict[str, Any] | None,
 ) -> None:
-    """Weights (unless ``model`` is None), config, tokenizer and state (unless None), flushed to disk."""
-    if model is not None:
+    """Weights (unless ``model`` is None; adapters only for a LoRA model), config, tokenizer and state (unless
+    None), flushed to disk."""
+    if model is not None and adapters.has_adapters(model):  # a LoRA run: its adapters only
+        adapters.save_adapters(model, folder)
+    elif model is not None:
         save_model(model, str(folder / "model.safetensors"))
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(folder)
@@ -240,7 +244,13 @@ def read_config(ckpt: Path) -> dict[str, Any]:
 
 def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
     """Load ``model.safetensors`` (or ``weights`` read from it) into ``model``; a shape or key mismatch
-    raises CheckpointError. Tied tensors are stored once; the names they share are not missing."""
+    raises CheckpointError. Tied tensors are stored once; the names they share are not missing.
+    A LoRA checkpoint's adapters go into ``model``'s adapters, if its base hashes as saved."""
+    if weights is None and adapters.is_adapter_checkpoint(ckpt):
+        try:
+            return adapters.load_adapters(model, ckpt)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if weights is None:
         weights = read_weights(ckpt)
     try:
@@ -311,6 +321,11 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         tokenizer = load_tokenizer(ckpt)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
+    if adapters.is_adapter_checkpoint(ckpt):
+        try:
+            return adapters.load_merged(ckpt, config, tokenizer, device), tokenizer
+        except (ValueError, FileNotFoundError) as exc:
+            raise CheckpointError(str(exc)) from None
     weights = None if is_sharded(ckpt) else read_weights(ckpt)
     try:
         model_config = GPTConfig(**config["model"])
@@ -363,7 +378,7 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / "model.safetensors").is_file() or is_sharded(folder)
+    return (folder / "model.safetensors").is_file() or (folder / adapters.ADAPTERS).is_file() or is_sharded(folder)
 
 
 def _failure(exc: BaseException) -> BaseException:

@@ -28,10 +28,12 @@ from fastgpt.data.sft import cut_note
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
+from fastgpt.train.adapters import prepare_model
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
-from fastgpt.train.distributed import DistEnv, mean_across_ranks, shard_fsdp, sum_across_ranks, wrap_ddp
+from fastgpt.train.distributed import DistEnv, shard_fsdp, sum_across_ranks, wrap_ddp
 from fastgpt.train.init_from import initial_weights
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
+from fastgpt.train.objectives import Objective, estimate_losses, model_vocab_size
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
 from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.schedule import make_scheduler
@@ -49,10 +51,11 @@ class Trainer:
         check_backends(cfg.model, env.device)  # before preparing data: an explicit backend that cannot run here
         self.data = self._prepare_data()
         tok = self.data.tokenizer
-        if cfg.model.vocab_size != tok.vocab_size:  # the tokenizer decides the vocabulary
-            self._say(f"model.vocab_size={cfg.model.vocab_size} set to {tok.vocab_size}, the vocabulary of "
+        vocab = model_vocab_size(tok, cfg.train.objective)  # the tokenizer decides the vocabulary
+        if cfg.model.vocab_size != vocab:
+            self._say(f"model.vocab_size={cfg.model.vocab_size} set to {vocab}, the vocabulary of "
                       f"data.tokenizer={cfg.data.tokenizer!r}")
-        self.cfg.model = replace(cfg.model, vocab_size=tok.vocab_size)
+        self.cfg.model = replace(cfg.model, vocab_size=vocab)
         init = initial_weights(self.cfg, tok)  # hf:PATH or DIR: the source's model config and weights
         self.cfg.model = init.config if init is not None else self.cfg.model
         self._check_data_size()
@@ -66,6 +69,8 @@ class Trainer:
             self.model = GPT(self.cfg.model)
         if init is not None:
             init.load_into(self.model)
+        prepare_model(self.model, cfg.train)  # train.freeze, LoRA adapters: before the optimizer sees them
+        self.objective = Objective(cfg.train, tok)
         torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
         dtype = getattr(torch, cfg.train.dtype)
         if self.fsdp:
@@ -152,22 +157,10 @@ class Trainer:
         self._say(f"resumed from {path} at iteration {self.iter}")
 
     # ------------------------------------------------------------------- training
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over ``eval_iters`` batches of each split (the same batches every time)."""
-        self.model.eval()
-        out = {}
-        for split, loader in self.eval_loaders.items():
-            loader.step = 0
-            losses = []
-            for _ in range(self.cfg.train.eval_iters):
-                x, y, w = loader.next_batch()
-                with self.autocast:
-                    _, loss = self.model(x, y, w)
-                losses.append(loss.item())
-            out[f"{split}_loss"] = mean_across_ranks(sum(losses) / len(losses), self.env)
-        self.model.train()
-        return out
+        """Mean loss (and bits per byte) over ``eval_iters`` batches of each split (the same batches every time)."""
+        return estimate_losses(self.model, self.eval_loaders, self.objective, self.cfg.train.eval_iters, self.env,
+                               self.autocast)
 
     def train_step(self) -> float | None:
         """One optimizer step over ``grad_accum_steps`` micro-batches; None when skipped (non-finite).
@@ -180,7 +173,7 @@ class Trainer:
         ddp = self.env.distributed and not self.fsdp  # FSDP reduce-scatters every micro-batch
         total = torch.zeros((), dtype=torch.float64, device=self.env.device)
         for micro in range(accum):
-            x, y, w = self.train_loader.next_batch()
+            x, y, w = self.objective.batch(self.train_loader)
             sync = micro == accum - 1 or not ddp
             with (contextlib.nullcontext() if sync else self.runner.no_sync()), self.autocast:
                 _, loss = self.runner(x, y, w)

@@ -107,3 +107,20 @@ def test_cli_errors_are_one_line_exit_2(run: Path, args: list[str], message: str
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_bits_per_byte_in_eval_json_and_in_training_metrics(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "other.txt").write_text("the castle walk by night " * 30)
+    out = tmp_path / "r.json"
+    assert eval_mod.main(["--checkpoint", str(run / "out"), "--data", f"val_loss={tmp_path / 'other.txt'}",
+                          "--output", str(out)]) == 0  # fmt: skip
+    got = json.loads(out.read_text())["val_loss"]
+    # byte tokens of ASCII text: every scored token but the final eot is one byte and one character
+    assert got["bytes"] == got["tokens"] - 1
+    want = got["loss"] * got["tokens"] / math.log(2) / (got["tokens"] - 1)
+    assert got["bits_per_byte"] == pytest.approx(want, rel=1e-9) == pytest.approx(got["bits_per_char"], rel=1e-12)
+    events = [json.loads(line) for line in (run / "out" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in events if "val_loss" in e]
+    assert [e["iter"] for e in evals] == [0, 2, 4] and all("val_bpb" in e and "train_bpb" in e for e in evals)
+    # one byte per ASCII token (the corpus is one document: at most one eot): bpb is the loss in bits
+    assert all(e["val_bpb"] == pytest.approx(e["val_loss"] / math.log(2), rel=0.01) for e in evals)
