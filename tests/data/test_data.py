@@ -107,6 +107,40 @@ def test_hub_dataset_offline_is_one_line_and_imports_stay_lazy():
     assert last.startswith("ValueError: dataset 'someone/some_dataset' is not a local path, and loading it")
 
 
+def _load_in_subprocess(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, fastgpt.data\n"
+        "try:\n"
+        f"    fastgpt.data.load_documents({name!r})\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+        "print('datasets imported' if 'datasets' in sys.modules else 'datasets not imported')\n"
+    )
+    base = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper() and not k.startswith("HF_")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**base, **env})
+
+
+def test_no_network_fails_at_once_and_names_the_local_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tinystories_sample.txt").write_text("Once upon a time.")
+    # a closed port: the one connection attempt is refused at once, as on a machine without network
+    result = _load_in_subprocess("tinystories_sample", tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    message, imported = result.stdout.strip().splitlines()
+    assert message.startswith("dataset 'tinystories_sample' is not a local path, and the Hugging Face hub cannot "
+                              "be reached (cannot connect to 127.0.0.1:9")
+    assert "did you mean the local file 'data/tinystories_sample.txt'?" in message
+    assert imported == "datasets not imported"  # no hub client, so none of its retries
+
+
+def test_offline_mode_names_the_local_file(tmp_path):
+    (tmp_path / "tinystories_sample.jsonl").write_text('{"text": "Once upon a time."}\n')
+    result = _load_in_subprocess("tinystories_sample", tmp_path, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    message = result.stdout.strip().splitlines()[0]
+    assert "loading it from the Hugging Face hub failed" in message
+    assert message.endswith("did you mean the local file 'tinystories_sample.jsonl'?")
+
+
 # --- preparation --------------------------------------------------------------------------
 
 
