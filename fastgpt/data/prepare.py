@@ -191,20 +191,37 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: i
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _mix(streams: list[tuple], weights: list[float], seed: int) -> list[tuple]:
-    """Subsample whole documents so that source i holds a ``weights[i]`` share of the tokens.
+def _mix(streams: list[tuple], weights: list[float], seed: int, eot_id: int) -> list[tuple]:
+    """Subsample the documents so that source i holds a ``weights[i]`` share of the tokens.
 
     The source with the fewest tokens per unit of weight is kept whole; no document is repeated.
+    Each other source keeps whole documents, drawn in a seeded random order, up to its share; the
+    document that crosses it is cut there and ends with eot (so a source that is one long document,
+    a ``.txt`` file, keeps its first tokens), which makes the shares exact to a token.
     """
     share = np.asarray(weights, dtype=np.float64) / sum(weights)
     total = min(len(tokens) / s for (tokens, _), s in zip(streams, share, strict=True))
     mixed = []
     for i, ((tokens, lengths), s) in enumerate(zip(streams, share, strict=True)):
+        want = round(s * total)
+        if want >= len(tokens):
+            mixed.append((tokens, lengths))
+            continue
         order = np.random.default_rng([seed, i]).permutation(len(lengths))
-        k = min(int(np.searchsorted(np.cumsum(lengths[order]), s * total)) + 1, len(lengths))
-        keep = np.zeros(len(lengths), dtype=bool)
-        keep[order[:k]] = True
-        mixed.append((tokens[np.repeat(keep, lengths)], lengths[keep]))
+        ends = np.cumsum(lengths[order])
+        whole = int(np.searchsorted(ends, want, side="right"))  # the documents that fit entirely
+        take = np.zeros(len(lengths), dtype=np.int64)  # tokens kept of each document
+        take[order[:whole]] = lengths[order[:whole]]
+        cut = order[whole]
+        take[cut] = want - (ends[whole - 1] if whole else 0)
+        if take[cut] < 2:  # no room for a token and its eot
+            take[cut] = 0
+        starts = np.cumsum(lengths) - lengths
+        position = np.arange(len(tokens)) - np.repeat(starts, lengths)  # each token's index in its document
+        kept = tokens[position < np.repeat(take, lengths)]
+        if take[cut]:
+            kept[take[:cut].sum() + take[cut] - 1] = eot_id
+        mixed.append((kept, take[take > 0]))
     return mixed
 
 
@@ -261,7 +278,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     with tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
         streams = [_tokenize(source_docs, tokenizer, dtype, workers, bar) for source_docs in docs]
     if cfg.weights is not None and len(streams) > 1:
-        streams = _mix(streams, cfg.weights, cfg.seed)
+        streams = _mix(streams, cfg.weights, cfg.seed, tokenizer.eot_id)
     splits = [_split(tokens, lengths, cfg.val_fraction) for tokens, lengths in streams]
     counts = {
         f"{split}_tokens": _write(directory, split, [s[i] for s in splits], [s[i + 1] for s in splits])

@@ -205,15 +205,31 @@ def test_sample_ratio_is_deterministic(tmp_path):
 
 
 def test_mixing_weights(tmp_path):
-    big = _write_jsonl(tmp_path / "big.jsonl", [f"big document {i:03d} " * 4 for i in range(300)], column="text")
+    big_docs = [f"big document {i:03d} " * 4 for i in range(300)]
+    big = _write_jsonl(tmp_path / "big.jsonl", big_docs, column="text")
     small = _write_jsonl(tmp_path / "small.jsonl", [f"small {i:03d}" for i in range(50)], column="text")
     data = _prepare(tmp_path, [str(big), str(small)], tokenizer="byte", weights=[3, 1], val_fraction=0)
     docs = _stream(data).split(EOT_TEXT)[:-1]
     big_chars = sum(len(d) + 1 for d in docs if d.startswith("big"))
     small_chars = sum(len(d) + 1 for d in docs if d.startswith("small"))
     assert small_chars == 50 * 10  # the scarce source is used whole
-    assert abs(big_chars - 3 * small_chars) <= 65  # within one document of a 3:1 share
+    assert big_chars == 3 * small_chars  # 3:1 to the token: the crossing document is cut
     assert len(set(docs)) == len(docs)  # nothing repeated
+    cut = [d for d in docs if d.startswith("big") and d not in big_docs]
+    assert len(cut) <= 1 and all(any(full.startswith(c) for full in big_docs) for c in cut)  # one cut, a prefix
+
+
+@pytest.mark.parametrize("weights", [[1, 3], [3, 1], [1, 1]])
+def test_mixing_weights_of_whole_txt_files(tmp_path, weights):
+    # each .txt file is one document: the share is reached by cutting it, not by whole documents
+    (tmp_path / "a.txt").write_text("a" * 4_000)
+    (tmp_path / "b.txt").write_text("b" * 40_000)
+    data = _prepare(tmp_path, [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tokenizer="byte",
+                    weights=weights, val_fraction=0.1)
+    text = _stream(data)
+    a, b = text.count("a"), text.count("b")
+    assert abs(a / (a + b) - weights[0] / sum(weights)) < 0.02, (a, b)
+    assert text.count(EOT_TEXT) == 2  # the part of a cut file ends with eot like any document
 
 
 def test_val_fraction_zero(tmp_path):
