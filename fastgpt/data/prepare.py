@@ -90,6 +90,22 @@ class PreparedData:
         _check_split(split)
         return np.load(self.dir / f"{split}_docs.npy", mmap_mode="r")
 
+    def eval_block_size(self, split: str, block_size: int) -> int | None:
+        """The window length a loss estimate on ``split`` uses: ``block_size``, or ``count - 1`` for a
+        split of fewer than ``block_size + 1`` tokens; None for a validation split that
+        ``data.val_fraction=0`` left empty. A split of 1 or 0 tokens otherwise is a ValueError."""
+        count = self.train_count if split == "train" else self.val_count
+        if count > block_size:
+            return block_size
+        fraction = self.manifest["settings"]["val_fraction"]
+        if split == "val" and fraction == 0:
+            return None
+        if count < 2:
+            raise ValueError(f"data.val_fraction={fraction} leaves {count} {split} token(s) of "
+                             f"{self.train_count + self.val_count}, too few for a loss (need 2); use more data, "
+                             "a larger data.val_fraction, or data.val_fraction=0 for no validation")
+        return count - 1
+
     def loader(self, split: str, block_size: int, batch_size: int, cfg: DataConfig, **kwargs) -> TokenLoader:
         """A ``TokenLoader`` over ``split`` with ``cfg``'s mode, seed and special-token weight.
 

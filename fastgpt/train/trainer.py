@@ -77,8 +77,9 @@ class Trainer:
         loader_args = dict(device=env.device, rank=env.rank, world_size=env.world_size)
         T, B = self.cfg.model.block_size, cfg.train.batch_size
         self.train_loader = self.data.loader("train", T, B, cfg.data, **loader_args)
-        self.eval_loaders = {split: self.data.loader(split, T, B, replace(cfg.data, mode="random"), **loader_args)
-                             for split in ("train", "val") if self._count(split) > T}
+        # a split shorter than block_size + 1 is scored on windows of what it has (eval_block_size)
+        self.eval_loaders = {split: self.data.loader(split, W, B, replace(cfg.data, mode="random"), **loader_args)
+                             for split in ("train", "val") if (W := self.data.eval_block_size(split, T))}
         self.iter, self.best_val, self.nonfinite, self.nonfinite_in_a_row = 0, math.inf, 0, 0
         self.metrics = MetricsLog(self.out_dir, open_wandb(cfg.logging, self.cfg.to_dict())) if env.is_main else None
         check_benchmarks(cfg.eval)
@@ -116,9 +117,6 @@ class Trainer:
                              "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
         self.cfg.model = model.config
         return model
-
-    def _count(self, split: str) -> int:
-        return self.data.train_count if split == "train" else self.data.val_count
 
     def _check_data_size(self) -> None:
         need = self.cfg.model.block_size + 1
@@ -212,6 +210,9 @@ class Trainer:
         self._say(self.model.summary())
         self._say(f"data: {self.data.train_count:,} train / {self.data.val_count:,} val tokens "
                   f"({self.data.tokenizer.name}, vocab {self.data.tokenizer.vocab_size}) in {self.data.dir}")
+        if (val := self.eval_loaders.get("val")) is None or val.block_size < self.cfg.model.block_size:
+            self._say("no validation split (data.val_fraction=0): best is picked by train_loss" if val is None else
+                      f"val_loss: the validation split has {self.data.val_count} tokens: windows of {val.block_size}")
         if self.iter == 0:
             self._eval_and_log()
         tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size
