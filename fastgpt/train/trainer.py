@@ -84,7 +84,8 @@ class Trainer:
         self.metrics = MetricsLog(self.out_dir, open_wandb(cfg.logging, self.cfg.to_dict())) if env.is_main else None
         check_benchmarks(cfg.eval)
         # loaded on the ranks that score them: rank 0, and every rank under FSDP, whose forward needs them all
-        self.benchmarks = load_benchmarks(cfg.eval, tok, cfg.data.tokenizer) if env.is_main or self.fsdp else {}
+        self.benchmarks = (load_benchmarks(cfg.eval, tok, cfg.data.tokenizer, self._say)
+                           if env.is_main or self.fsdp else {})
         self.checkpointer = Checkpointer(self.cfg, env, self.model, self.optimizer, self.scheduler, self.scaler,
                                          self.train_loader, tok, sharded=self.sharded)
         self.resumed = resume is not None
