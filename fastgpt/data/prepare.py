@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastgpt.config import DataConfig
+from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import TokenLoader
 from fastgpt.data.sources import load_documents, source_fingerprint
 from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
@@ -278,7 +278,10 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     if reused := _reusable(directory, digest):
         return reused
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    try:
+        directory.mkdir(parents=True)
+    except OSError as exc:
+        raise folder_error("data.cache_dir", cfg.cache_dir, exc) from None
 
     docs = [
         _sample(load_documents(source, cfg.text_column), cfg.sample_ratio, [cfg.seed, i])
