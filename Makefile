@@ -17,10 +17,10 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q
 
 .PHONY: train test lint clean
 
+# numpy with torch: setup.py imports torch, which warns "Failed to initialize NumPy" without it
 $(RUN_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip "setuptools>=70" wheel ninja
-	# numpy with torch: setup.py imports torch, which warns "Failed to initialize NumPy" without it
 	$(PIP) "$(TORCH)" numpy
 	$(PIP) --no-build-isolation -e .
 	touch $@
