@@ -14,7 +14,8 @@
   files whose name without its suffix is the dataset's (``tinystories_sample`` ->
   ``tinystories_sample.txt``), in the current folder, the name's own folder and ``data/``.
 
-Empty documents and missing (null) values are skipped.
+Local files are read as UTF-8; a byte-order mark at the start of a file is dropped. Empty
+documents and missing (null) values are skipped.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 SHAKESPEARE = "shakespeare"
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DOC_SEPARATOR = "<|endoftext|>"
+TEXT_ENCODING = "utf-8-sig"  # UTF-8 that drops a byte-order mark opening the file (else a vocabulary character)
 PROBE_SECONDS = 3.0  # the hub must accept a connection within this (name lookup included)
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -121,14 +123,14 @@ def _read_records(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         csv.field_size_limit(sys.maxsize)  # long documents exceed the default 128 KiB
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding=TEXT_ENCODING) as f:
             reader = csv.DictReader(f)
             try:
                 records, columns = list(reader), list(reader.fieldnames or [])
             except csv.Error as exc:
                 raise ValueError(f"{path} is not valid CSV: {exc}") from None
         return records, columns
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=TEXT_ENCODING) as f:
         if suffix == ".jsonl":
             records = [_parse_json(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
         else:
@@ -161,7 +163,7 @@ def file_documents(path: Path, text_column: str) -> list[str]:
 def _file_documents(path: Path, text_column: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=TEXT_ENCODING)
         return [part for part in text.split(DOC_SEPARATOR) if part.strip()]
     if suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -232,7 +232,7 @@ def read_jsonl(task: Task, path: str | Path) -> list[MCQItem]:
     if not path.is_file():
         raise FileNotFoundError(f"{task.name} data file {str(path)!r} does not exist")
     items = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark opening the file is dropped
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -393,3 +393,14 @@ def test_loader_from_prepared_memmap(tmp_path):
     full = [t for t in texts if t in {d + EOT_TEXT for d in DOCS}]
     assert len(full) >= 3  # one row may be the last train document, cut by the validation split
     assert all(t in full or any(d.startswith(t) for d in DOCS) for t in texts)
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "a.txt").write_text(bom + "hello")
+    (tmp_path / "b.jsonl").write_text(bom + '{"text": "jsonl"}\n')
+    (tmp_path / "c.csv").write_text(bom + "text\ncsv\n")
+    (tmp_path / "d.json").write_text(bom + '[{"text": "json"}]')
+    assert load_documents(str(tmp_path)) == ["hello", "jsonl", "csv", "json"]
+    data = _prepare(tmp_path, str(tmp_path / "a.txt"))
+    assert bom not in data.tokenizer.chars and data.tokenizer.vocab_size == len(set("hello")) + 2
