@@ -228,7 +228,8 @@ def _local_hint(name: str) -> str:
 def hub_documents(name: str, text_column: str) -> list[str]:
     """The ``train`` split of the hub dataset ``name`` (``name:config`` picks a configuration)."""
     path, _, config = name.partition(":")
-    if not any(os.environ.get(var, "") not in ("", "0") for var in _OFFLINE_VARS) and (why := hub_unreachable()):
+    offline = any(os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE") for var in _OFFLINE_VARS)
+    if not offline and (why := hub_unreachable()):  # offline: the hub client reads only its cache, at once
         raise ValueError(f"dataset {name!r} is not a local path, and the Hugging Face hub cannot be reached "
                          f"({why}){_local_hint(path)}; with a cached copy, set HF_HUB_OFFLINE=1 to use it")
     import datasets
