@@ -1,25 +1,35 @@
-# make train: set up .venv, install fastgpt, train on the embedded Shakespeare, print a sample.
-# make test:  set up .venv, install fastgpt with its dev extras, run the test suite.
+# make train: set up .venv with what training uses (torch, fastgpt and its dependencies), train on
+#             the embedded Shakespeare, print a sample.
+# make test:  the same venv plus the dev extras (pytest, ruff, hypothesis, triton for its CPU
+#             interpreter) and the hf extra (transformers), then the test suite.
 #
 # TORCH picks the torch build. The default, torch==2.13.0, is a small CPU-only build; on a CUDA
-# machine use e.g. `make train TORCH=torch` (PyPI's CUDA build) so the kernels and the CUDA
-# extension are used.
+# machine use e.g. `make train TORCH=torch` (PyPI's CUDA build, which brings triton) so the kernels
+# and the CUDA extension are used.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
+# setuptools' banner about editable installs, printed on every install, says nothing to act on
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q
 
 .PHONY: train test lint clean
 
-$(STAMP): pyproject.toml setup.py
+# numpy with torch: setup.py imports torch, which warns "Failed to initialize NumPy" without it
+$(RUN_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=70" wheel ninja
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf]"
+	$(PIP) --upgrade pip "setuptools>=70" wheel ninja
+	$(PIP) "$(TORCH)" numpy
+	$(PIP) --no-build-isolation -e .
 	touch $@
 
-train: $(STAMP)
+$(STAMP): $(RUN_STAMP)
+	$(PIP) --no-build-isolation -e ".[dev,hf]"
+	touch $@
+
+train: $(RUN_STAMP)
 	$(PY) -m fastgpt.train
 
 test: $(STAMP)

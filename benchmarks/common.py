@@ -389,7 +389,7 @@ def finish(env: Env, bench_name: str, rows: list[dict[str, Any]], summary: dict[
     stem = env.out / f"{bench_name}-{gpu}-{stamp}{'-quick' if env.quick else ''}"
     paths = {"json": stem.with_suffix(".json"), "csv": stem.with_suffix(".csv"), "png": stem.with_suffix(".png")}
     doc = {
-        "bench": bench_name, **env.info, "quick": env.quick, "full": env.full, "argv": sys.argv[1:],
+        "bench": bench_name, **env.info, "gpu": env.cuda, "quick": env.quick, "full": env.full, "argv": sys.argv[1:],
         "ceilings": ceilings, "summary": summary,
         "targets": {k: SUMMARY_TARGETS[k][0] for k in summary},
         "rows": rows, "skipped": env.skipped, "failures": env.failures, **(extra or {}),
@@ -423,7 +423,9 @@ def finish(env: Env, bench_name: str, rows: list[dict[str, Any]], summary: dict[
     for key, value in summary.items():
         target = SUMMARY_TARGETS[key][0]
         met = None if value is None else value >= target
-        verdict = "n/a" if met is None else "met" if met else "not met"
+        # the targets are GPU numbers: a CPU run (reference ops, the Triton interpreter) is not judged by them
+        verdict = ("n/a" if met is None else "the target applies to GPUs" if not env.cuda
+                   else "met" if met else "not met")
         print(f"{key:36s} {_fmt(value):>8s}  (target >= {target}; {verdict})")
     print("\nwrote " + ", ".join(str(p) for p in paths.values()), flush=True)
     exit_if_failed(env)

@@ -1,7 +1,13 @@
 """Quality bar: nanoGPT's CPU "baby Shakespeare" run, trained by fastgpt and by nanoGPT, several seeds.
 
-    python benchmarks/shakespeare_char.py [--data ../shared/data/tinyshakespeare.txt]
+    python benchmarks/shakespeare_char.py [--quick] [--data PATH/tinyshakespeare.txt]
         [--seeds 1 2 3 4 5] [--no-baseline] [--max_iters 2000] [--out benchmarks/results]
+
+The text is ``--data`` (a .txt file; nanoGPT's numbers are for tinyshakespeare.txt), by default the
+corpus ``make train`` uses: the embedded Shakespeare plays (``data.dataset=shakespeare``), written
+to a temporary text file so that both trainers read the same characters. ``--quick`` is a smoke
+run (about 3 minutes of CPU time, longer on a busy machine): the first ``QUICK_CHARS`` characters of the text, one seed,
+``QUICK_ITERS`` iterations, ``QUICK_AB_STEPS`` interleaved steps, written as ``*_quick.{json,png}``.
 
 For each seed, trains ``configs/baby-shakespeare.yaml`` (char tokenizer, 4 x 4 x 128, context 64,
 batch 12, lr 1e-3 -> 1e-4 cosine, 2000 iterations, fp32) with ``python -m fastgpt.train``, then
@@ -14,7 +20,8 @@ included; the whole-split eval excluded). Seed-to-seed spread is about 0.01 in l
 summary compares means over seeds; whole runs drift by +-10% in speed from one process to the
 next here, so both steps are also timed alternately in one process (``--ab-steps``).
 Writes ``shakespeare_char_cpu.json`` (every run, the means and standard deviations, the ratios)
-and ``shakespeare_char_cpu.png`` (validation loss against iteration, every run).
+and ``shakespeare_char_cpu.png`` (validation loss against iteration, every run) (``--quick``:
+``shakespeare_char_cpu_quick.*``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,17 @@ from fastgpt.eval.evaluate import evaluate_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("final_val_loss", "full_val_loss", "median_step_ms", "process_wall_s")
+QUICK_CHARS, QUICK_ITERS, QUICK_AB_STEPS = 200_000, 20, 20
+
+
+def write_corpus(path: Path, source: Path | None, chars: int | None) -> Path:
+    """``source`` (a text file), or else the embedded plays joined by blank lines, written to ``path``
+    (its first ``chars`` characters only, when given)."""
+    from fastgpt.data.sources import shakespeare_documents
+
+    text = source.read_text(encoding="utf-8") if source is not None else "\n".join(shakespeare_documents())
+    path.write_text(text[:chars] if chars else text, encoding="utf-8")
+    return path
 
 
 def _commit() -> str:
@@ -166,16 +184,28 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--data", type=Path, default=None,
+                   help="a text file (default: the embedded Shakespeare plays that make train uses)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke run: {QUICK_CHARS:,} characters, one seed, {QUICK_ITERS} iterations")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 1 2 3 4 5 (--quick: 1)")
     p.add_argument("--no-baseline", action="store_true", help="train fastgpt only")
-    p.add_argument("--max_iters", type=int, default=2000)
-    p.add_argument("--ab-steps", type=int, default=400, help="steps of each in the interleaved timing (0: none)")
+    p.add_argument("--max_iters", type=int, default=None, help=f"default: 2000 (--quick: {QUICK_ITERS})")
+    p.add_argument("--ab-steps", type=int, default=None,
+                   help=f"steps of each in the interleaved timing (0: none; default 400, --quick: {QUICK_AB_STEPS})")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"error: {args.data} does not exist (pass --data PATH/tinyshakespeare.txt)")
-    data = args.data.resolve()
+    if args.data is not None and not args.data.is_file():
+        sys.exit(f"error: --data {str(args.data)!r} does not exist (pass a text file, e.g. tinyshakespeare.txt)")
+    args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3, 4, 5])
+    args.max_iters = args.max_iters or (QUICK_ITERS if args.quick else 2000)
+    args.ab_steps = (QUICK_AB_STEPS if args.quick else 400) if args.ab_steps is None else args.ab_steps
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_corpus(Path(tmp) / "corpus.txt", args.data, QUICK_CHARS if args.quick else None)
+        run_all(args, data)
+
+
+def run_all(args: argparse.Namespace, data: Path) -> None:
     names = ("fastgpt",) if args.no_baseline else ("fastgpt", "nanogpt")
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for seed in args.seeds:
@@ -190,6 +220,8 @@ def main() -> None:
             )
     result = {
         "benchmark": f"nanoGPT baby Shakespeare (char, 4x4x128, T=64, B=12, {args.max_iters} iters, fp32, CPU)",
+        "data": str(args.data) if args.data else "the embedded Shakespeare plays (data.dataset=shakespeare)",
+        "quick": args.quick,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -224,8 +256,9 @@ def main() -> None:
             )
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shakespeare_char_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.out / "shakespeare_char_cpu.png")
+    stem = f"shakespeare_char_cpu{'_quick' if args.quick else ''}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -60,11 +60,12 @@ def merge(results: Path, include_quick: bool = False) -> dict[str, Any]:
             continue
         path, doc = hit
         sources[bench] = {"file": path.name, "device": doc.get("device"), "commit": doc.get("commit"),
-                          "date": doc.get("date"), "quick": doc.get("quick", False)}
+                          "date": doc.get("date"), "quick": doc.get("quick", False), "gpu": doc.get("gpu", False)}
         for key, value in (doc.get("summary") or {}).items():
             if key in keys:
                 target = keys[key]["target"]
-                keys[key].update(value=value, met=None if value is None else value >= target, source=path.name)
+                judged = value is not None and doc.get("gpu", False)  # the targets are GPU numbers
+                keys[key].update(value=value, met=value >= target if judged else None, source=path.name)
     return {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "results": str(results), "sources": sources, "keys": keys}
 
@@ -78,6 +79,8 @@ def markdown(merged: dict[str, Any]) -> str:
         value = "not measured" if entry["value"] is None else f"{entry['value']:.3g}"
         met = "-" if entry["met"] is None else "yes" if entry["met"] else "no"
         lines.append(f"| `{key}` | {value} | >= {entry['target']} | {met} |")
+    if any(not s.get("gpu") for s in merged["sources"].values()):
+        lines += ["", "The targets apply to GPUs: values from CPU runs are not judged (met? -)."]
     return "\n".join(lines)
 
 

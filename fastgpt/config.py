@@ -450,6 +450,13 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
 
 
+def folder_error(setting: str, value: str, exc: OSError) -> ValueError:
+    """The one-line error for the folder ``setting=value`` that could not be made or written (``exc``)."""
+    reason = (exc.strerror or type(exc).__name__).lower()
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(value) else ""
+    return ValueError(f"{setting}={str(value)!r}: {reason}{where}")
+
+
 def _at_most(name: str, value: float, limit: float) -> None:
     if value > limit:
         raise ValueError(f"{name}={value!r} is beyond the limit of {limit:,}")

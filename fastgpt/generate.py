@@ -21,36 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from fastgpt.data.chat_template import ChatTemplate
 from fastgpt.model import GPT
 from fastgpt.train.distributed import resolve_device
-
-MIN_TEMPERATURE = 1e-6  # below it sampling is the argmax (and dividing by it would overflow float32)
-
-
-def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                greedy: bool, generator: torch.Generator | None) -> Tensor:
-    """Pick the next token from logits (B, vocab) -> (B, 1)."""
-    if greedy or temperature < MIN_TEMPERATURE:
-        return logits.argmax(dim=-1, keepdim=True)
-    # the best token at 0 before dividing: a tiny temperature then gives -inf, never inf - inf = nan
-    logits = logits.float()
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
-        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range drops all)
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
 
 
 @torch.no_grad()
@@ -69,29 +43,16 @@ def generate(
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` token ids continuing ``prompt``; stops after ``eot_id``.
 
-    The context is the last ``block_size`` tokens (a longer prompt is cropped from the left).
-    With ``use_cache`` the prompt is encoded once and each step feeds only the new token; once the
-    sequence outgrows block_size every step recomputes its window, so the tokens are the same as
-    without the cache.
+    One sequence of ``GPT.stream`` (its context, cache and sampling); the model's mode is left as it is.
     """
     if not prompt:
         raise ValueError("the prompt encodes to no tokens; give at least one character")
-    block = model.config.block_size
-    device = model.wte.weight.device
-    tokens = list(prompt)
-    cache = None
-    for _ in range(max_new_tokens):
-        window = tokens[-block:]
-        if use_cache and cache is not None and cache[0].pos < block:
-            feed = torch.tensor([tokens[-1:]], device=device)
-        else:
-            cache = model.new_cache(batch=1) if use_cache else None
-            feed = torch.tensor([window], device=device)
-        logits, _ = model(feed, cache=cache)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, greedy, generator).item()
-        tokens.append(nxt)
-        yield nxt
-        if eot_id is not None and nxt == eot_id:
+    idx = torch.tensor([prompt], device=model.wte.weight.device)
+    for nxt in model.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            greedy=greedy, use_cache=use_cache, generator=generator):
+        token = nxt.item()
+        yield token
+        if eot_id is not None and token == eot_id:
             return
 
 
@@ -111,25 +72,16 @@ def generate_batch(
     """Continue prompts of one length together: a (B, L) forward for the prompts, then (B, 1) steps.
 
     Each continuation (up to ``max_new_tokens`` ids) ends after its first id in ``stop_ids``; the batch
-    stops when all have. The window and the KV cache behave as in ``generate``, so greedy
-    continuations are the same tokens as ``generate``'s (and as a batch of one).
+    stops when all have. ``GPT.stream`` runs the steps, as for ``generate``, so greedy continuations are
+    the same tokens as ``generate``'s (and as a batch of one).
     """
     if not prompts or len({len(p) for p in prompts}) != 1 or not prompts[0]:
         raise ValueError("generate_batch needs prompts of one length, at least one token each")
-    block, device = model.config.block_size, model.wte.weight.device
-    tokens = torch.tensor(prompts, device=device)  # (B, L)
     out: list[list[int]] = [[] for _ in prompts]
     running = list(range(len(prompts)))
-    cache = None
-    for _ in range(max_new_tokens):
-        if cache is not None and cache[0].pos < block:
-            feed = tokens[:, -1:]  # (B, 1)
-        else:
-            cache = model.new_cache(batch=len(prompts))
-            feed = tokens[:, -block:]  # (B, min(L, block))
-        logits, _ = model(feed, cache=cache)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, greedy, generator)  # (B, 1)
-        tokens = torch.cat([tokens, nxt], dim=1)
+    idx = torch.tensor(prompts, device=model.wte.weight.device)  # (B, L)
+    for nxt in model.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            greedy=greedy, generator=generator):
         ids = nxt[:, 0].tolist()
         for b in running:
             out[b].append(ids[b])
@@ -164,10 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def stream_text(tokenizer, ids: Iterator[int], out=sys.stdout) -> list[int]:
-    """Write the decoded tokens to ``out`` as ``ids`` arrive; return them."""
+    """Write the decoded tokens to ``out`` as ``ids`` arrive, up to an eot (not written); return them."""
     generated: list[int] = []
     shown = ""
     for tok in ids:
+        if tok == tokenizer.eot_id:
+            break
         generated.append(tok)
         text = tokenizer.decode(generated)
         if text.endswith("\ufffd"):  # a multi-byte character is still incomplete

@@ -2,13 +2,16 @@
 
 Token (+ position) embeddings -> ``n_layer`` pre-norm blocks (attention, feed-forward) -> final
 norm -> language-model head. Every architectural choice is a ``GPTConfig`` field; sublayers live
-in :mod:`fastgpt.nn`.
+in :mod:`fastgpt.nn`. Sampling (``sample_next``, ``GPT.stream``, ``GPT.generate``) is here too, so
+that everything that generates (``fastgpt.generate``, training samples, eval) imports it from the
+model's side.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 # the Linear layers whose output is added to the residual stream (scaled at gpt2 init), by module name
 RESIDUAL_PROJECTIONS = (".attn.c_proj", ".mlp.c_proj", ".mlp.down")
+MIN_TEMPERATURE = 1e-6  # below it sampling is the argmax (and dividing by it would overflow float32)
 
 
 class Block(nn.Module):
@@ -64,6 +68,38 @@ def _attention(config: GPTConfig, positions: PositionEncoding) -> SelfAttention:
 def _ffn(config: GPTConfig) -> nn.Module:
     cls = MLP if config.ffn_type == "gelu_mlp" else GatedMLP
     return cls(config.n_embd, config.ffn_dim, activation=config.activation, bias=config.bias, dropout=config.dropout)
+
+
+def check_token_ids(idx: Tensor, vocab_size: int) -> None:
+    """ValueError naming the first id of ``idx`` outside ``[0, vocab_size)`` (reads the tensor: a sync on GPUs)."""
+    bad = (idx < 0) | (idx >= vocab_size)
+    if bad.any():
+        first = int(idx[bad][0])
+        raise ValueError(f"token id {first} is out of range for this model's vocabulary of {vocab_size} "
+                         f"(ids 0..{vocab_size - 1}): were the ids made by another tokenizer?")
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                greedy: bool, generator: torch.Generator | None) -> Tensor:
+    """Pick the next token from logits (B, vocab) -> (B, 1)."""
+    if greedy or temperature < MIN_TEMPERATURE:
+        return logits.argmax(dim=-1, keepdim=True)
+    # the best token at 0 before dividing: a tiny temperature then gives -inf, never inf - inf = nan
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range drops all)
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
 
 
 class GPT(nn.Module):
@@ -162,6 +198,8 @@ class GPT(nn.Module):
         cache advances by T.
         """
         B, T = idx.shape
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():  # a GPU fails in its kernel, unnamed
+            check_token_ids(idx, self.config.vocab_size)
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
@@ -199,6 +237,78 @@ class GPT(nn.Module):
         p = self.wte.weight
         return [KVCache(batch, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim, p.device, p.dtype)
                 for _ in self.blocks]
+
+    # ----------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def stream(self, idx: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, greedy: bool = False, use_cache: bool = True,
+               generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """Yield ``max_new_tokens`` next tokens (B, 1), one step at a time, continuing ``idx`` (B, T).
+
+        The context is the last ``block_size`` tokens (a longer prompt is cropped from the left).
+        With ``use_cache`` the prompt is encoded once and each step feeds only the new token; once the
+        sequence outgrows block_size every step recomputes its window, so the tokens are the same as
+        without the cache. The model's mode (train/eval) is left as it is.
+        """
+        if idx.ndim != 2 or idx.size(1) == 0:
+            raise ValueError(f"the prompt must be (B, T) token ids with T >= 1, got shape {tuple(idx.shape)}")
+        check_token_ids(idx, self.config.vocab_size)
+        block = self.config.block_size
+        tokens, cache = idx.to(self.wte.weight.device), None
+        for _ in range(max_new_tokens):
+            if use_cache and cache is not None and cache[0].pos < block:
+                feed = tokens[:, -1:]
+            else:
+                cache = self.new_cache(batch=tokens.size(0)) if use_cache else None
+                feed = tokens[:, -block:]
+            logits, _ = self(feed, cache=cache)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, greedy, generator)  # (B, 1)
+            tokens = torch.cat([tokens, nxt], dim=1)
+            yield nxt
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor | Sequence[int] | str, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+                 tokenizer: Tokenizer | None = None, eot_id: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> Tensor | list[int] | str:
+        """The prompt followed by up to ``max_new_tokens`` sampled tokens, in the prompt's form.
+
+        ``prompt``: token ids (B, T) or (T,) -> a tensor of the same rank; a list of ids -> a list;
+        text -> text (needs ``tokenizer``, whose eot is then the stop token). Generation stops at
+        ``eot_id`` (once every row has produced it; a finished row is filled with eot), and a list or
+        text leaves the eot out. Runs in eval mode (the model's mode is restored afterwards).
+        """
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ValueError("a text prompt needs tokenizer= (e.g. the one fastgpt.load returns)")
+            ids = tokenizer.encode(prompt)
+            out = self.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                greedy=greedy, eot_id=tokenizer.eot_id if eot_id is None else eot_id,
+                                use_cache=use_cache, generator=generator)
+            return prompt + tokenizer.decode(out[len(ids):])
+        idx = torch.as_tensor(prompt, dtype=torch.long)
+        if idx.ndim == 1:
+            idx = idx.unsqueeze(0)
+        done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=self.wte.weight.device)  # rows past their eot
+        was_training = self.training
+        self.eval()
+        try:
+            new = []
+            for nxt in self.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   greedy=greedy, use_cache=use_cache, generator=generator):
+                if eot_id is not None:
+                    nxt = nxt.masked_fill(done, eot_id)
+                    done |= nxt == eot_id
+                new.append(nxt)
+                if eot_id is not None and bool(done.all()):
+                    break
+        finally:
+            self.train(was_training)
+        out = torch.cat([idx.to(self.wte.weight.device), *new], dim=1)
+        if isinstance(prompt, Tensor):
+            return out if prompt.ndim == 2 else out[0]
+        ids = out[0].tolist()
+        return ids[: len(ids) - 1] if eot_id is not None and new and ids[-1] == eot_id else ids
 
     # -------------------------------------------------------------------------- summary
     def num_params(self, non_embedding: bool = False) -> int:

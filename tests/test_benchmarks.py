@@ -161,6 +161,9 @@ def test_summary_merges_latest_results(quick_runs) -> None:
     assert set(merged["keys"]) == set().union(*SUMMARY_KEYS.values())
     assert set(merged["sources"]) == set(BENCHES)
     assert "| key | value | target | met? |" in res.stdout
+    if not torch.cuda.is_available():  # the targets are GPU numbers: CPU runs are not judged
+        assert all(entry["met"] is None for entry in merged["keys"].values())
+        assert "The targets apply to GPUs" in res.stdout and "| no |" not in res.stdout
     # without --include-quick the quick runs are ignored: nothing measured
     res = subprocess.run([sys.executable, str(BENCH_DIR / "summary.py"), "--results", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -181,3 +184,35 @@ def test_resource_report_compiles_a_kernel_for_sm90_without_a_gpu(tmp_path: Path
     assert 0 < row["regs"] <= 255 and row["smem"] > 0
     assert row["hgmma"] > 0, "an fp16 attention tile on sm_90 should use wgmma"
     assert row["flags"] == "", row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU wording")
+def test_cpu_summaries_say_the_targets_apply_to_gpus(quick_runs) -> None:
+    _, runs = quick_runs
+    for name, run in runs.items():
+        summary = run.stdout.split("## summary")[-1]
+        assert "not met" not in summary and "the target applies to GPUs" in summary, f"{name}: {summary}"
+
+
+def test_generate_quick(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "generate.py"), "--quick", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    doc = json.loads(_only(tmp_path, "generate-*-quick.json").read_text())
+    assert doc["quick"] is True and doc["preset"] == "toygpt-small" and doc["new_tokens"] == 16
+    assert doc["cached_tokens_per_s"] > 0 and doc["uncached_tokens_per_s"] > 0
+
+
+def test_shakespeare_char_reads_the_embedded_corpus_by_default(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import shakespeare_char
+
+    from fastgpt.data.sources import shakespeare_documents
+
+    text = shakespeare_char.write_corpus(tmp_path / "a.txt", None, 1000).read_text()
+    assert text == "\n".join(shakespeare_documents())[:1000]
+    (tmp_path / "mine.txt").write_text("my own text")
+    assert shakespeare_char.write_corpus(tmp_path / "b.txt", tmp_path / "mine.txt", None).read_text() == "my own text"
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "shakespeare_char.py"), "--data", str(tmp_path / "no.txt")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "error: --data" in res.stderr and "does not exist" in res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from fastgpt import GPT, GPTConfig
-from fastgpt.generate import generate, sample_next
-from fastgpt.tokenizers import build_tokenizer
+from fastgpt.generate import generate, stream_text
+from fastgpt.model import sample_next
+from fastgpt.tokenizers import EOT_TEXT, build_tokenizer
 from fastgpt.train.checkpoint import save_checkpoint
 
 TEXT = "to be or not to be, that is the question\n"
@@ -89,3 +91,47 @@ def test_cli_errors(char_checkpoint: Path, args: list[str], message: str) -> Non
 def test_cli_missing_checkpoint(tmp_path: Path) -> None:
     proc = _generate("--checkpoint", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stream_text_stops_at_eot_and_does_not_print_it() -> None:
+    tok = build_tokenizer("char", [TEXT])
+    out = io.StringIO()
+    ids = [*tok.encode("to be"), tok.eot_id, *tok.encode(" or")]
+    assert stream_text(tok, iter(ids), out) == tok.encode("to be")
+    assert out.getvalue() == "to be"
+
+
+def test_model_generate_takes_tensors_lists_and_text() -> None:
+    torch.manual_seed(0)
+    tok = build_tokenizer("char", [TEXT])
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)).train()
+    prompt = tok.encode("to be")
+    reference = list(generate(model, prompt, 12, greedy=True))
+    assert model.generate(prompt, 12, greedy=True) == prompt + reference and model.training  # mode restored
+    batch = model.generate(torch.tensor([prompt, prompt]), 12, greedy=True)
+    assert batch.shape == (2, 5 + 12) and batch[1].tolist() == prompt + reference
+    assert model.generate(torch.tensor(prompt), 3, greedy=True).tolist() == prompt + reference[:3]
+    text = model.generate("to be", 12, greedy=True, tokenizer=tok)
+    assert text == "to be" + tok.decode(reference).split(EOT_TEXT)[0]
+    # eot stops a list (and is left out) and fills a finished row of a batch
+    rows = model.generate(torch.tensor([prompt, prompt]), 12, greedy=True, eot_id=reference[0])
+    assert rows.shape == (2, 5 + 1) and rows[:, -1].tolist() == [reference[0]] * 2
+    sampled = list(generate(model.eval(), prompt, 20, top_k=5, generator=torch.Generator().manual_seed(5)))
+    assert model.generate(prompt, 20, top_k=5, generator=torch.Generator().manual_seed(5)) == prompt + sampled
+    k = max(sampled.index(t) for t in sampled)  # the latest first appearance of a token
+    assert k > 2
+    assert model.generate(prompt, 20, top_k=5, generator=torch.Generator().manual_seed(5),
+                          eot_id=sampled[k]) == prompt + sampled[:k]
+    with pytest.raises(ValueError, match="a text prompt needs tokenizer="):
+        model.generate("to be", 3)
+
+
+def test_out_of_range_token_ids_name_the_id_and_vocab_size() -> None:
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    message = r"token id 25 is out of range for this model's vocabulary of 20 \(ids 0..19\)"
+    with pytest.raises(ValueError, match=message):
+        model(torch.tensor([[1, 25, 3]]))
+    with pytest.raises(ValueError, match=message):
+        list(generate(model, [1, 25], 3))
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        model.generate([-1], 3)

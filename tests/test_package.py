@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +72,19 @@ def test_forced_cuda_build_fails_loudly_without_cuda_torch(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=root, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "FASTGPT_SKIP_CUDA_BUILD": "1"})
     assert proc.returncode == 0 and "skipping the CUDA extension" in proc.stderr
+
+
+def test_make_train_installs_no_triton_and_no_extras() -> None:
+    """The training install is what training uses: triton (~1 GB, useless without a GPU but for the
+    tests' interpreter) comes with the dev extras; numpy is installed with torch, before setup.py
+    imports torch (else torch warns "Failed to initialize NumPy")."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("triton")]
+    assert [d for d in project["optional-dependencies"]["dev"] if d.startswith("triton")]
+    make = (root / "Makefile").read_text()
+    run_stamp = re.search(r"^\$\(RUN_STAMP\):.*?\n\n", make, re.M | re.S).group(0)  # its rule, to a blank line
+    assert "--no-build-isolation -e .\n" in run_stamp  # fastgpt without [extras]
+    assert '"$(TORCH)" numpy' in run_stamp
+    assert "train: $(RUN_STAMP)" in make and "test: $(STAMP)" in make and "$(STAMP): $(RUN_STAMP)" in make

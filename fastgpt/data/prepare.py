@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastgpt.config import DataConfig
+from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import DOC_MODES, TokenLoader
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
@@ -90,6 +90,22 @@ class PreparedData:
         """Document boundaries of ``split`` ("train" or "val"), int64, shape (D + 1,)."""
         _check_split(split)
         return np.load(self.dir / f"{split}_docs.npy", mmap_mode="r")
+
+    def eval_block_size(self, split: str, block_size: int) -> int | None:
+        """The window length a loss estimate on ``split`` uses: ``block_size``, or ``count - 1`` for a
+        split of fewer than ``block_size + 1`` tokens; None for a validation split that
+        ``data.val_fraction=0`` left empty. A split of 1 or 0 tokens otherwise is a ValueError."""
+        count = self.train_count if split == "train" else self.val_count
+        if count > block_size:
+            return block_size
+        fraction = self.manifest["settings"]["val_fraction"]
+        if split == "val" and fraction == 0:
+            return None
+        if count < 2:
+            raise ValueError(f"data.val_fraction={fraction} leaves {count} {split} token(s) of "
+                             f"{self.train_count + self.val_count}, too few for a loss (need 2); use more data, "
+                             "a larger data.val_fraction, or data.val_fraction=0 for no validation")
+        return count - 1
 
     def loader(self, split: str, block_size: int, batch_size: int, cfg: DataConfig, **kwargs) -> TokenLoader:
         """A ``TokenLoader`` over ``split`` with ``cfg``'s mode, seed and special-token weight.
@@ -205,20 +221,37 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: i
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _mix(streams: list[tuple], weights: list[float], seed: int) -> list[tuple]:
-    """Subsample whole documents so that source i holds a ``weights[i]`` share of the tokens.
+def _mix(streams: list[tuple], weights: list[float], seed: int, eot_id: int) -> list[tuple]:
+    """Subsample the documents so that source i holds a ``weights[i]`` share of the tokens.
 
     The source with the fewest tokens per unit of weight is kept whole; no document is repeated.
+    Each other source keeps whole documents, drawn in a seeded random order, up to its share; the
+    document that crosses it is cut there and ends with eot (so a source that is one long document,
+    a ``.txt`` file, keeps its first tokens), which makes the shares exact to a token.
     """
     share = np.asarray(weights, dtype=np.float64) / sum(weights)
     total = min(len(tokens) / s for (tokens, _), s in zip(streams, share, strict=True))
     mixed = []
     for i, ((tokens, lengths), s) in enumerate(zip(streams, share, strict=True)):
+        want = round(s * total)
+        if want >= len(tokens):
+            mixed.append((tokens, lengths))
+            continue
         order = np.random.default_rng([seed, i]).permutation(len(lengths))
-        k = min(int(np.searchsorted(np.cumsum(lengths[order]), s * total)) + 1, len(lengths))
-        keep = np.zeros(len(lengths), dtype=bool)
-        keep[order[:k]] = True
-        mixed.append((tokens[np.repeat(keep, lengths)], lengths[keep]))
+        ends = np.cumsum(lengths[order])
+        whole = int(np.searchsorted(ends, want, side="right"))  # the documents that fit entirely
+        take = np.zeros(len(lengths), dtype=np.int64)  # tokens kept of each document
+        take[order[:whole]] = lengths[order[:whole]]
+        cut = order[whole]
+        take[cut] = want - (ends[whole - 1] if whole else 0)
+        if take[cut] < 2:  # no room for a token and its eot
+            take[cut] = 0
+        starts = np.cumsum(lengths) - lengths
+        position = np.arange(len(tokens)) - np.repeat(starts, lengths)  # each token's index in its document
+        kept = tokens[position < np.repeat(take, lengths)]
+        if take[cut]:
+            kept[take[:cut].sum() + take[cut] - 1] = eot_id
+        mixed.append((kept, take[take > 0]))
     return mixed
 
 
@@ -259,7 +292,10 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     if reused := _reusable(directory, digest):
         return reused
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    try:
+        directory.mkdir(parents=True)
+    except OSError as exc:
+        raise folder_error("data.cache_dir", cfg.cache_dir, exc) from None
     if cfg.mode == "sft":  # JSONL examples: tokens, an example per document, and a loss mask
         tokenizer, dtype, counts = write_sft(cfg, directory)
         return _commit(directory, tokenizer, {"hash": digest, "version": FORMAT_VERSION, "mode": "sft",
@@ -281,7 +317,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     with tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
         streams = [_tokenize(source_docs, tokenizer, dtype, workers, bar) for source_docs in docs]
     if cfg.weights is not None and len(streams) > 1:
-        streams = _mix(streams, cfg.weights, cfg.seed)
+        streams = _mix(streams, cfg.weights, cfg.seed, tokenizer.eot_id)
     splits = [_split(tokens, lengths, cfg.val_fraction) for tokens, lengths in streams]
     counts = {
         f"{split}_tokens": _write(directory, split, [s[i] for s in splits], [s[i + 1] for s in splits])

@@ -7,9 +7,15 @@
   contains that separator; ``.jsonl``, ``.json`` (a list of records), ``.csv`` and ``.parquet``
   give one document per record, read from ``text_column``.
 * anything else is a Hugging Face hub dataset, loaded with ``datasets.load_dataset`` (split
-  ``train``); write ``name:config`` to pick a configuration.
+  ``train``); write ``name:config`` to pick a configuration. Before that, one connection attempt
+  to the hub (``HF_ENDPOINT``, at most ``PROBE_SECONDS``; skipped when a proxy is configured or
+  ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` ask for the local cache) tells a machine without
+  network at once, rather than after the hub client's retries. Every failure names the local
+  files whose name without its suffix is the dataset's (``tinystories_sample`` ->
+  ``tinystories_sample.txt``), in the current folder, the name's own folder and ``data/``.
 
-Empty documents and missing (null) values are skipped.
+Local files are read as UTF-8; a byte-order mark at the start of a file is dropped. Empty
+documents and missing (null) values are skipped.
 """
 
 from __future__ import annotations
@@ -18,13 +24,21 @@ import csv
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
+import socket
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SHAKESPEARE = "shakespeare"
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DOC_SEPARATOR = "<|endoftext|>"
+TEXT_ENCODING = "utf-8-sig"  # UTF-8 that drops a byte-order mark opening the file (else a vocabulary character)
+PROBE_SECONDS = 3.0  # the hub must accept a connection within this (name lookup included)
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*[ \t]*$", re.M)  # **BERNARDO**  -> BERNARDO:
 _ITALIC = r"_+(?:[^_\n]|\n(?!\n))+?_+|(?<!\*)\*(?!\*)(?:[^*\n]|\n(?!\n))+?\*"  # may span lines, not a blank one
@@ -109,14 +123,14 @@ def _read_records(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         csv.field_size_limit(sys.maxsize)  # long documents exceed the default 128 KiB
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding=TEXT_ENCODING) as f:
             reader = csv.DictReader(f)
             try:
                 records, columns = list(reader), list(reader.fieldnames or [])
             except csv.Error as exc:
                 raise ValueError(f"{path} is not valid CSV: {exc}") from None
         return records, columns
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=TEXT_ENCODING) as f:
         if suffix == ".jsonl":
             records = [_parse_json(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
         else:
@@ -149,7 +163,7 @@ def file_documents(path: Path, text_column: str) -> list[str]:
 def _file_documents(path: Path, text_column: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=TEXT_ENCODING)
         return [part for part in text.split(DOC_SEPARATOR) if part.strip()]
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -163,18 +177,70 @@ def _file_documents(path: Path, text_column: str) -> list[str]:
     return _column(records, columns, text_column, path)
 
 
+def _hub_address() -> tuple[str, int]:
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached from here (no name lookup or no connection within
+    ``PROBE_SECONDS``), or None when it can, or when the check does not apply (a proxy is set)."""
+    if any(os.environ.get(var) for var in _PROXY_VARS):
+        return None
+    host, port = _hub_address()
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"cannot connect to {host}:{port}: {exc.strerror or type(exc).__name__}")
+
+    # in a thread: a name lookup has no timeout of its own and may hang without a DNS server
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    return outcome[0] if outcome else f"no answer from {host}:{port} within {PROBE_SECONDS:g} s"
+
+
+def matching_files(name: str) -> list[str]:
+    """Local files with a supported suffix whose path without it is ``name``, or whose file name
+    without it is ``name``'s, in the current folder or ``data/``."""
+    base = Path(name).expanduser()
+    folders = dict.fromkeys([base.parent, Path("."), Path("data")])
+    found = []
+    for folder in folders:
+        for suffix in SUFFIXES:
+            candidate = folder / (base.name + suffix)
+            if _exists(candidate) and candidate.is_file():
+                found.append(str(candidate))
+    return list(dict.fromkeys(found))
+
+
+def _local_hint(name: str) -> str:
+    found = matching_files(name)
+    if not found:
+        return ""
+    return f"; did you mean the local file {' or '.join(repr(f) for f in found)}?"
+
+
 def hub_documents(name: str, text_column: str) -> list[str]:
     """The ``train`` split of the hub dataset ``name`` (``name:config`` picks a configuration)."""
+    path, _, config = name.partition(":")
+    offline = any(os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE") for var in _OFFLINE_VARS)
+    if not offline and (why := hub_unreachable()):  # offline: the hub client reads only its cache, at once
+        raise ValueError(f"dataset {name!r} is not a local path, and the Hugging Face hub cannot be reached "
+                         f"({why}){_local_hint(path)}; with a cached copy, set HF_HUB_OFFLINE=1 to use it")
     import datasets
 
-    path, _, config = name.partition(":")
     try:
         dataset = datasets.load_dataset(path, config or None, split="train")
     except Exception as e:  # offline, unknown or gated: the hub clients raise many unrelated types
         reason = " ".join(str(e).split())[:200]
         raise ValueError(
             f"dataset {name!r} is not a local path, and loading it from the Hugging Face hub failed "
-            f"({type(e).__name__}: {reason})"
+            f"({type(e).__name__}: {reason}){_local_hint(path)}"
         ) from e
     if text_column not in dataset.column_names:
         raise ValueError(

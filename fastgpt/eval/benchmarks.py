@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastgpt.config import EvalConfig
-from fastgpt.eval.mcq import MCQItem, encode_pair, evaluate_mcq
+from fastgpt.eval.mcq import MCQItem, encodable, evaluate_mcq
 from fastgpt.eval.tasks import get_task, load_items
 from fastgpt.tokenizers import Tokenizer
 
@@ -19,18 +20,26 @@ def check_benchmarks(cfg: EvalConfig) -> None:
         get_task(task)
 
 
-def load_benchmarks(cfg: EvalConfig, tokenizer: Tokenizer, tokenizer_name: str) -> dict[str, list[MCQItem]]:
-    """``cfg.num_samples`` questions of each ``cfg.mcq_benchmarks`` task, each checked to encode with
-    ``tokenizer`` (``data.tokenizer=tokenizer_name``)."""
-    benchmarks = {task: load_items(task, cfg.data.get(task), cfg.num_samples) for task in cfg.mcq_benchmarks}
-    for task, items in benchmarks.items():
-        try:
-            for item in items:
-                for context, continuation in item.pairs():
-                    encode_pair(tokenizer, context, continuation)
-        except ValueError as exc:
-            raise ValueError(f"eval.mcq_benchmarks: {task} does not encode with data.tokenizer="
-                             f"{tokenizer_name!r}: {exc}") from None
+def train_setting(task: str) -> str:
+    """How ``python -m fastgpt.train`` is given a local file for ``task``."""
+    return f"'eval.data={{{task}: path.jsonl}}'"
+
+
+def load_benchmarks(cfg: EvalConfig, tokenizer: Tokenizer, tokenizer_name: str,
+                    say: Callable[[str], None]) -> dict[str, list[MCQItem]]:
+    """``cfg.num_samples`` questions of each ``cfg.mcq_benchmarks`` task, less those that do not encode
+    with ``tokenizer`` (``data.tokenizer=tokenizer_name``), which ``say`` counts per task; a task none
+    of whose questions encodes is a ValueError."""
+    benchmarks = {}
+    for task in cfg.mcq_benchmarks:
+        items = load_items(task, cfg.data.get(task), cfg.num_samples, setting=train_setting)
+        kept, skipped, reason = encodable(tokenizer, items)
+        what = f"do not encode with data.tokenizer={tokenizer_name!r} ({reason})"
+        if not kept:
+            raise ValueError(f"eval.mcq_benchmarks: {task}: all {len(items)} questions {what}")
+        if skipped:
+            say(f"eval.mcq_benchmarks: {task}: {skipped} of {len(items)} questions skipped, they {what}")
+        benchmarks[task] = kept
     return benchmarks
 
 

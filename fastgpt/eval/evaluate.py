@@ -14,7 +14,10 @@ Evaluates a checkpoint on validation loss and on multiple-choice benchmarks and 
   (``--data hellaswag=hellaswag_val.jsonl``).
 
 Without ``--tasks`` it runs the tasks given ``--data`` files, or ``val_loss`` when there are none.
-``--limit N`` takes N questions (val_loss: N windows) spread evenly over each set.
+``--limit N`` takes N questions (val_loss: N windows) spread evenly over each set. Every benchmark is
+read and encoded before anything runs: questions the checkpoint's tokenizer cannot encode (a char
+vocabulary without some letter) are skipped and counted per task (on stderr, in the table and as
+``skipped`` in the JSON); a task none of whose questions encodes is an error.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,12 +166,16 @@ def parse_data(entries: list[str]) -> dict[str, str]:
 
 
 def format_table(results: dict[str, dict[str, float | int]]) -> str:
-    """One line per task: its metrics and how many questions (or tokens) they cover."""
+    """One line per metric of each task, with how many questions (or tokens) it covers and, when
+    questions were skipped (they do not encode), a line counting them."""
     lines = [f"{'task':<16}{'metric':<14}{'value':>10}{'n':>10}"]
     for task, metrics in results.items():
         n = metrics.get("n", metrics.get("tokens"))
-        for i, (name, value) in enumerate((k, v) for k, v in metrics.items() if k not in ("n", "tokens", "bytes")):
+        shown = [(k, v) for k, v in metrics.items() if k not in ("n", "tokens", "bytes", "skipped")]
+        for i, (name, value) in enumerate(shown):
             lines.append(f"{task if i == 0 else '':<16}{name:<14}{value:>10.4f}{n if i == 0 else '':>10}")
+        if metrics.get("skipped"):
+            lines.append(f"{'':<16}{'skipped':<14}{metrics['skipped']:>10}")
     return "\n".join(lines)
 
 
@@ -194,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastgpt.eval.mcq import evaluate_mcq
+    from fastgpt.eval.mcq import encodable, evaluate_mcq
     from fastgpt.eval.tasks import get_task, load_items
     from fastgpt.train.checkpoint import load
 
@@ -214,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     autocast = (torch.autocast(model.wte.weight.device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
+    questions, skipped = {}, {}
+    for task in tasks:  # every benchmark is read and encoded before anything is scored
+        if task != VAL_LOSS:
+            items = load_items(task, data.get(task), args.limit)
+            questions[task], skipped[task], reason = encodable(tokenizer, items)
+            what = f"do not encode with the checkpoint's tokenizer ({tokenizer.name}): {reason}"
+            if not questions[task]:
+                raise ValueError(f"{task}: all {len(items)} questions {what}")
+            if skipped[task]:
+                print(f"{task}: {skipped[task]} of {len(items)} questions skipped, they {what}", file=sys.stderr)
     results: dict[str, dict[str, float | int]] = {}
     for task in tasks:
         with autocast:
@@ -222,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[task] = evaluate_loss(model, tokens, args.batch_size, args.limit, progress=True,
                                               tokenizer=tokenizer)
             else:
-                items = load_items(task, data.get(task), args.limit)
-                results[task] = evaluate_mcq(model, tokenizer, items, args.batch_size, progress=True, desc=task)
+                results[task] = evaluate_mcq(model, tokenizer, questions[task], args.batch_size, progress=True,
+                                             desc=task)
+                results[task].update({"skipped": skipped[task]} if skipped[task] else {})
     print(format_table(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n")

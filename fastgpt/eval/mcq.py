@@ -62,6 +62,21 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return ctx or [tokenizer.eot_id], tokenizer.encode(continuation)
 
 
+def encodable(tokenizer: Tokenizer, items: Sequence[MCQItem]) -> tuple[list[MCQItem], int, str | None]:
+    """The items whose every (context, continuation) encodes with ``tokenizer``, how many were left
+    out, and why the first of those was (None when none was)."""
+    kept, reason = [], None
+    for item in items:
+        try:
+            for context, continuation in item.pairs():
+                encode_pair(tokenizer, context, continuation)
+        except ValueError as exc:
+            reason = reason or str(exc)
+            continue
+        kept.append(item)
+    return kept, len(items) - len(kept), reason
+
+
 @torch.no_grad()
 def score_tokens(
     model: GPT,

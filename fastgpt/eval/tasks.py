@@ -232,7 +232,7 @@ def read_jsonl(task: Task, path: str | Path) -> list[MCQItem]:
     if not path.is_file():
         raise FileNotFoundError(f"{task.name} data file {str(path)!r} does not exist")
     items = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark opening the file is dropped
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -252,9 +252,17 @@ def read_jsonl(task: Task, path: str | Path) -> list[MCQItem]:
     return items
 
 
-def hub_items(task: Task) -> list[MCQItem]:
-    """The task's evaluation split from the Hugging Face hub (needs ``datasets`` and network)."""
-    hint = f"without network, pass a local JSONL file: --data {task.name}=path.jsonl (see fastgpt.eval.tasks)"
+def eval_cli_setting(task: str) -> str:
+    """How ``python -m fastgpt.eval`` is given a local file for ``task``."""
+    return f"--data {task}=path.jsonl"
+
+
+def hub_items(task: Task, setting: Callable[[str], str] = eval_cli_setting) -> list[MCQItem]:
+    """The task's evaluation split from the Hugging Face hub (needs ``datasets`` and network).
+
+    ``setting(task name)`` is how the command in use takes a local file instead, for the errors.
+    """
+    hint = f"without network, pass a local JSONL file: {setting(task.name)} (see fastgpt.eval.tasks)"
     try:
         import datasets
     except ImportError:
@@ -278,12 +286,13 @@ def spread(count: int, limit: int | None) -> list[int]:
     return [i * count // limit for i in range(limit)]
 
 
-def load_items(name: str, path: str | Path | None = None, limit: int | None = None) -> list[MCQItem]:
-    """Task ``name``'s questions, from ``path`` (JSONL) or else the hub.
+def load_items(name: str, path: str | Path | None = None, limit: int | None = None,
+               setting: Callable[[str], str] = eval_cli_setting) -> list[MCQItem]:
+    """Task ``name``'s questions, from ``path`` (JSONL) or else the hub (``hub_items``, ``setting``).
 
     With ``limit``, that many questions spread evenly over the set (a subject-sorted set such as
     MMLU stays covered), in their original order.
     """
     task = get_task(name)
-    items = read_jsonl(task, path) if path is not None else hub_items(task)
+    items = read_jsonl(task, path) if path is not None else hub_items(task, setting)
     return [items[i] for i in spread(len(items), limit)]

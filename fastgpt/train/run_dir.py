@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+from fastgpt.config import folder_error
+
 CKPT_NAME = re.compile(r"ckpt-\d{6,}")
 LOCK = ".lock"
 RUN_FILES = ("latest", "best", "metrics.jsonl", "config.yaml")
@@ -82,9 +84,12 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # the first thing a run writes into out_dir
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise folder_error("train.out_dir", str(self.path.parent), exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -87,15 +87,18 @@ class Trainer:
         loader_args = dict(device=env.device, rank=env.rank, world_size=env.world_size)
         T, B = self.cfg.model.block_size, cfg.train.batch_size
         self.train_loader = self.data.loader("train", T, B, cfg.data, **loader_args)
-        sft = cfg.data.mode == "sft"  # evaluated on its examples' responses; other modes on random windows
-        eval_data, need = replace(cfg.data, mode="sft" if sft else "random"), B * env.world_size if sft else 1
-        self.eval_loaders = {split: self.data.loader(split, T, B, eval_data, **loader_args)
-                             for split in ("train", "val") if self.data.epoch_rows(split, T, eval_data.mode) >= need}
+        if cfg.data.mode == "sft":  # evaluated on its examples' responses
+            self.eval_loaders = {split: self.data.loader(split, T, B, cfg.data, **loader_args) for split in
+                                 ("train", "val") if self.data.epoch_rows(split, T, "sft") >= B * env.world_size}
+        else:  # random windows; a split shorter than block_size + 1 on windows of what it has (eval_block_size)
+            self.eval_loaders = {split: self.data.loader(split, W, B, replace(cfg.data, mode="random"), **loader_args)
+                                 for split in ("train", "val") if (W := self.data.eval_block_size(split, T))}
         self.iter, self.best_val, self.nonfinite, self.nonfinite_in_a_row = 0, math.inf, 0, 0
         self.metrics = MetricsLog(self.out_dir, open_wandb(cfg.logging, self.cfg.to_dict())) if env.is_main else None
         check_benchmarks(cfg.eval)
         # loaded on the ranks that score them: rank 0, and every rank under FSDP, whose forward needs them all
-        self.benchmarks = load_benchmarks(cfg.eval, tok, cfg.data.tokenizer) if env.is_main or self.fsdp else {}
+        self.benchmarks = (load_benchmarks(cfg.eval, tok, cfg.data.tokenizer, self._say)
+                           if env.is_main or self.fsdp else {})
         self.checkpointer = Checkpointer(self.cfg, env, self.model, self.optimizer, self.scheduler, self.scaler,
                                          self.train_loader, tok, sharded=self.sharded)
         self.resumed = resume is not None
@@ -201,6 +204,9 @@ class Trainer:
         self._say(self.model.summary())
         self._say(f"data: {self.data.train_count:,} train / {self.data.val_count:,} val tokens "
                   f"({self.data.tokenizer.name}, vocab {self.data.tokenizer.vocab_size}) in {self.data.dir}")
+        if (val := self.eval_loaders.get("val")) is None or val.block_size < self.cfg.model.block_size:
+            self._say("no validation split (data.val_fraction=0): best is picked by train_loss" if val is None else
+                      f"val_loss: the validation split has {self.data.val_count} tokens: windows of {val.block_size}")
         if self.iter == 0:
             self._eval_and_log()
         tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size

@@ -107,6 +107,40 @@ def test_hub_dataset_offline_is_one_line_and_imports_stay_lazy():
     assert last.startswith("ValueError: dataset 'someone/some_dataset' is not a local path, and loading it")
 
 
+def _load_in_subprocess(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, fastgpt.data\n"
+        "try:\n"
+        f"    fastgpt.data.load_documents({name!r})\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+        "print('datasets imported' if 'datasets' in sys.modules else 'datasets not imported')\n"
+    )
+    base = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper() and not k.startswith("HF_")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**base, **env})
+
+
+def test_no_network_fails_at_once_and_names_the_local_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tinystories_sample.txt").write_text("Once upon a time.")
+    # a closed port: the one connection attempt is refused at once, as on a machine without network
+    result = _load_in_subprocess("tinystories_sample", tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    message, imported = result.stdout.strip().splitlines()
+    assert message.startswith("dataset 'tinystories_sample' is not a local path, and the Hugging Face hub cannot "
+                              "be reached (cannot connect to 127.0.0.1:9")
+    assert "did you mean the local file 'data/tinystories_sample.txt'?" in message
+    assert imported == "datasets not imported"  # no hub client, so none of its retries
+
+
+def test_offline_mode_names_the_local_file(tmp_path):
+    (tmp_path / "tinystories_sample.jsonl").write_text('{"text": "Once upon a time."}\n')
+    result = _load_in_subprocess("tinystories_sample", tmp_path, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    message = result.stdout.strip().splitlines()[0]
+    assert "loading it from the Hugging Face hub failed" in message
+    assert message.endswith("did you mean the local file 'tinystories_sample.jsonl'?")
+
+
 # --- preparation --------------------------------------------------------------------------
 
 
@@ -171,15 +205,31 @@ def test_sample_ratio_is_deterministic(tmp_path):
 
 
 def test_mixing_weights(tmp_path):
-    big = _write_jsonl(tmp_path / "big.jsonl", [f"big document {i:03d} " * 4 for i in range(300)], column="text")
+    big_docs = [f"big document {i:03d} " * 4 for i in range(300)]
+    big = _write_jsonl(tmp_path / "big.jsonl", big_docs, column="text")
     small = _write_jsonl(tmp_path / "small.jsonl", [f"small {i:03d}" for i in range(50)], column="text")
     data = _prepare(tmp_path, [str(big), str(small)], tokenizer="byte", weights=[3, 1], val_fraction=0)
     docs = _stream(data).split(EOT_TEXT)[:-1]
     big_chars = sum(len(d) + 1 for d in docs if d.startswith("big"))
     small_chars = sum(len(d) + 1 for d in docs if d.startswith("small"))
     assert small_chars == 50 * 10  # the scarce source is used whole
-    assert abs(big_chars - 3 * small_chars) <= 65  # within one document of a 3:1 share
+    assert big_chars == 3 * small_chars  # 3:1 to the token: the crossing document is cut
     assert len(set(docs)) == len(docs)  # nothing repeated
+    cut = [d for d in docs if d.startswith("big") and d not in big_docs]
+    assert len(cut) <= 1 and all(any(full.startswith(c) for full in big_docs) for c in cut)  # one cut, a prefix
+
+
+@pytest.mark.parametrize("weights", [[1, 3], [3, 1], [1, 1]])
+def test_mixing_weights_of_whole_txt_files(tmp_path, weights):
+    # each .txt file is one document: the share is reached by cutting it, not by whole documents
+    (tmp_path / "a.txt").write_text("a" * 4_000)
+    (tmp_path / "b.txt").write_text("b" * 40_000)
+    data = _prepare(tmp_path, [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tokenizer="byte",
+                    weights=weights, val_fraction=0.1)
+    text = _stream(data)
+    a, b = text.count("a"), text.count("b")
+    assert abs(a / (a + b) - weights[0] / sum(weights)) < 0.02, (a, b)
+    assert text.count(EOT_TEXT) == 2  # the part of a cut file ends with eot like any document
 
 
 def test_val_fraction_zero(tmp_path):
@@ -343,3 +393,14 @@ def test_loader_from_prepared_memmap(tmp_path):
     full = [t for t in texts if t in {d + EOT_TEXT for d in DOCS}]
     assert len(full) >= 3  # one row may be the last train document, cut by the validation split
     assert all(t in full or any(d.startswith(t) for d in DOCS) for t in texts)
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "a.txt").write_text(bom + "hello")
+    (tmp_path / "b.jsonl").write_text(bom + '{"text": "jsonl"}\n')
+    (tmp_path / "c.csv").write_text(bom + "text\ncsv\n")
+    (tmp_path / "d.json").write_text(bom + '[{"text": "json"}]')
+    assert load_documents(str(tmp_path)) == ["hello", "jsonl", "csv", "json"]
+    data = _prepare(tmp_path, str(tmp_path / "a.txt"))
+    assert bom not in data.tokenizer.chars and data.tokenizer.vocab_size == len(set("hello")) + 2

@@ -85,9 +85,38 @@ def test_val_loss_matches_window_by_window_reference(run: Path, tmp_path: Path) 
     assert json.loads((tmp_path / "r.json").read_text())["val_loss"]["tokens"] == len(tokens)  # + the eot
 
 
-def test_unencodable_benchmark_fails_before_training(run: Path, tmp_path: Path) -> None:
-    (tmp_path / "q.jsonl").write_text(json.dumps({"context": "the king", "choices": ["walk", "zebra"], "label": 0}))
-    with pytest.raises(ValueError, match="eval.mcq_benchmarks: piqa does not encode with data.tokenizer='char'"):
+def test_eval_skips_questions_the_tokenizer_cannot_encode(run: Path, tmp_path: Path, capsys) -> None:
+    char_run = tmp_path / "char"  # a char vocabulary: the corpus's letters only
+    train_mod.main([*TINY, f"data.dataset={run / 'corpus.txt'}", f"data.cache_dir={tmp_path / 'cache'}",
+                    f"train.out_dir={char_run}", "train.max_iters=1"])
+    questions = [_question(i) for i in range(6)] + [{"context": "the king", "choices": ["walk", "zebra"], "label": 0}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    capsys.readouterr()
+    assert eval_mod.main(["--checkpoint", str(char_run), "--data", f"val_loss={run / 'corpus.txt'}", "--data",
+                          f"hellaswag={tmp_path / 'q.jsonl'}", "--output", str(tmp_path / "r.json")]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["hellaswag"]["n"] == 6 and results["hellaswag"]["skipped"] == 1 and "loss" in results["val_loss"]
+    captured = capsys.readouterr()
+    assert "hellaswag: 1 of 7 questions skipped, they do not encode with the checkpoint's tokenizer (char)" in \
+        captured.err and "'z' (U+007A)" in captured.err
+    assert "skipped" in captured.out  # the table counts them too
+    (tmp_path / "z.jsonl").write_text(json.dumps(questions[-1]) + "\n")
+    with pytest.raises(ValueError, match=r"^hellaswag: all 1 questions do not encode"):
+        eval_mod.main(["--checkpoint", str(char_run), "--data", f"hellaswag={tmp_path / 'z.jsonl'}"])
+
+
+def test_training_skips_unencodable_questions_and_fails_when_none_encode(run: Path, tmp_path: Path, capsys) -> None:
+    questions = [_question(i) for i in range(4)] + [{"context": "the king", "choices": ["walk", "zebra"], "label": 0}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    train_mod.main([*TINY, f"data.dataset={run / 'corpus.txt'}", f"data.cache_dir={run / 'cache'}",
+                    f"train.out_dir={tmp_path / 'ok'}", "eval.mcq_benchmarks=piqa", "train.max_iters=1",
+                    f"eval.data={{piqa: {tmp_path / 'q.jsonl'}}}"])  # fmt: skip
+    assert "eval.mcq_benchmarks: piqa: 1 of 5 questions skipped, they do not encode with data.tokenizer='char'" \
+        in capsys.readouterr().err
+    events = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in events if "piqa_acc" in e] == [0, 1]
+    (tmp_path / "q.jsonl").write_text(json.dumps(questions[-1]))
+    with pytest.raises(ValueError, match="eval.mcq_benchmarks: piqa: all 1 questions do not encode with data"):
         train_mod.main([*TINY, f"data.dataset={run / 'corpus.txt'}", f"data.cache_dir={run / 'cache'}",
                         f"train.out_dir={tmp_path / 'out'}", "eval.mcq_benchmarks=piqa",
                         f"eval.data={{piqa: {tmp_path / 'q.jsonl'}}}"])  # fmt: skip
@@ -124,3 +153,12 @@ def test_bits_per_byte_in_eval_json_and_in_training_metrics(run: Path, tmp_path:
     assert [e["iter"] for e in evals] == [0, 2, 4] and all("val_bpb" in e and "train_bpb" in e for e in evals)
     # one byte per ASCII token (the corpus is one document: at most one eot): bpb is the loss in bits
     assert all(e["val_bpb"] == pytest.approx(e["val_loss"] / math.log(2), rel=0.01) for e in evals)
+
+
+def test_training_hint_names_the_training_setting(run: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"pass a local JSONL file: 'eval.data=\{hellaswag: path.jsonl\}'") as info:
+        train_mod.main([*TINY, f"data.dataset={run / 'corpus.txt'}", f"data.cache_dir={run / 'cache'}",
+                        f"train.out_dir={tmp_path / 'out'}", "eval.mcq_benchmarks=hellaswag"])
+    assert "--data" not in str(info.value)

@@ -96,3 +96,9 @@ def test_missing_file_unknown_task_and_offline_hub(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"could not load Rowan/hellaswag .*--data hellaswag=path.jsonl"):
         hub_items(get_task("hellaswag"))
+
+
+def test_jsonl_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text("\ufeff" + json.dumps({"context": "2 + 2 =", "choices": ["4", "5"], "label": 0}) + "\n")
+    assert load_items("piqa", path) == [MCQItem("2 + 2 =", ["4", "5"], 0)]
