@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastgpt.config import Config
+from fastgpt.config import RESUME_CHANGEABLE, Config
 from fastgpt.data import TokenLoader
 from fastgpt.tokenizers import Tokenizer
 from fastgpt.train import checkpoint as ckpt
@@ -92,8 +92,9 @@ class Checkpointer:
         ``nonfinite``)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
         saved, now = ckpt.read_config(path)["model"], self.cfg.to_dict()["model"]
-        if saved != now:
-            diff = {k: (v, now.get(k)) for k, v in saved.items() if now.get(k) != v}
+        diff = {k: (v, now.get(k)) for k, v in saved.items()
+                if now.get(k) != v and k not in RESUME_CHANGEABLE["model"]}  # the kernels compute the same model
+        if diff:
             raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its model config differs "
                                        f"(saved, now): {diff}")
         state = ckpt.load_state(path)
@@ -108,6 +109,7 @@ class Checkpointer:
                 ckpt.load_weights(self.model, path)
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self._continue_schedule()
             self.scaler.load_state_dict(state["scaler"])
             self.loader.load_state_dict(state["loader"])
             counters = {"iter": state["iter"], "best_val": state["best_val"], "nonfinite": state["nonfinite"]}
@@ -120,6 +122,15 @@ class Checkpointer:
                                        f"({type(exc).__name__}: {exc})") from None
         self.saved_iter = counters["iter"]
         return str(path), counters
+
+    def _continue_schedule(self) -> None:
+        """The learning rate from here on follows this run's optim.* (``--resume`` may change optim.lr and
+        the schedule): the saved one set the base rate, and the rate of the next step, to its own."""
+        sched = self.scheduler
+        sched.base_lrs = [self.cfg.optim.lr] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas, strict=True):
+            group["initial_lr"] = self.cfg.optim.lr
+            group["lr"] = self.cfg.optim.lr * factor(sched.last_epoch)
 
     def _restore_rng(self, saved: list[dict[str, Any]], step: int) -> None:
         """Each rank's saved RNG state; on another number of ranks, a fresh seed per (seed, rank, iter)."""
