@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from fastgpt.config import Config
 from fastgpt.data import PreparedData, prepare_data
+from fastgpt.data.progress import progress_bar
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, mean_across_ranks, shard_fsdp, sum_across_ranks, wrap_ddp
-from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
+from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb, step_summary
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
 from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.schedule import make_scheduler
@@ -215,9 +216,9 @@ class Trainer:
         if self.iter == 0:
             self._eval_and_log()
         tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size
-        # the bar shows on a terminal (rank 0 only); logs and pipes get the eval lines alone
-        bar = tqdm(total=self.total_iters, initial=self.iter, disable=None if self.env.is_main else True, unit="it",
-                   dynamic_ncols=True, file=sys.stderr)
+        # a bar on a terminal (rank 0 only); logs and pipes get a line per log_interval instead
+        bar = progress_bar(total=self.total_iters, initial=self.iter, enabled=self.env.is_main, unit="it",
+                           dynamic_ncols=True)
         last = time.perf_counter()
         while self.iter < self.total_iters:
             loss = self.train_step()
@@ -240,7 +241,10 @@ class Trainer:
                 if mfu is not None:
                     event["mfu"] = mfu
                 self._log(**event)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in event.items() if k not in ("iter", "world_size")})
+                if bar.disable:
+                    self._say(f"iter {self.iter}: {step_summary(event)}")
+                else:
+                    bar.set_postfix_str(step_summary(event))
             evaluated = self.iter % t.eval_interval == 0 or self.iter == self.total_iters
             best = self._eval_and_log() if evaluated else False
             if (evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0)) and self._may_save():

@@ -4,7 +4,10 @@ flags, --print-config, --help."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,24 @@ def test_help_lists_every_key_with_its_default(capsys: pytest.CaptureFixture) ->
     line = next(line for line in out.splitlines() if "train.log_interval=" in line)
     assert "log the training loss every N steps" in line  # the field's comment beside it
     assert "``" not in out
+
+
+def _run(*argv: str, cwd: Path | None = None) -> tuple[int, str]:
+    """Exit code and stderr (a pipe) of ``python -m fastgpt ...``; bytes decoded as they are, since text
+    mode would turn every carriage return into a newline."""
+    proc = subprocess.run([sys.executable, "-m", "fastgpt", *argv], capture_output=True, timeout=300, cwd=cwd)
+    return proc.returncode, proc.stderr.decode()
+
+
+def test_off_a_terminal_a_plain_line_per_log_interval_and_no_carriage_returns(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _args(corpus, out, f"data.cache_dir={tmp_path / 'cache'}", "train.max_iters=6", "train.log_interval=2",
+                 "train.eval_interval=6")
+    code, err = _run("train", *args)  # stderr a pipe, as under | tee, nohup or CI
+    assert code == 0, err[-2000:]
+    assert "\r" not in err  # no bar: neither the tokenizing one nor the training one
+    steps = re.findall(r"^iter (\d+): loss [\d.]+, lr [\d.e-]+, ([\d,]+) tokens/s$", err, re.M)
+    assert [int(it) for it, _ in steps] == [2, 4, 6], err
+    assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", tps) for _, tps in steps)  # 131,072, never 1.31e+05
+    code, err = _run("eval", "--checkpoint", str(out), "--device", "cpu", cwd=corpus.parent)
+    assert code == 0 and "\r" not in err, err[-2000:]
