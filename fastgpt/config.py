@@ -36,7 +36,7 @@ INIT_NONLINEARITIES = ("relu", "leaky_relu", "linear", "tanh", "sigmoid")
 MODEL_LIMITS = {"vocab_size": 1 << 24, "block_size": 1 << 20, "n_layer": 1024, "n_head": 1 << 12,
                 "n_kv_head": 1 << 12, "n_embd": 1 << 16, "ffn_dim": 1 << 18}
 TRAIN_LIMITS = {"batch_size": 1 << 20, "grad_accum_steps": 1 << 20, "eval_iters": 100_000,
-                "max_iters": 1 << 40, "sample_tokens": 1 << 20}
+                "max_iters": 1 << 40, "sample_tokens": 1 << 20, "keep_checkpoints": 1 << 20}
 MAX_SPECIAL_TOKEN_WEIGHT = 1000.0
 MAX_WORKERS = 1024
 
@@ -177,6 +177,7 @@ class TrainConfig:
     eval_iters: int = 20  # batches per loss estimate
     log_interval: int = 10  # log the training loss every N steps
     ckpt_interval: int = 0  # save every N steps (0 = at evals and the end)
+    keep_checkpoints: int = 1  # keep the N newest checkpoints (and the best one, always)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; fp16 uses a GradScaler)
@@ -190,7 +191,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
-        for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
+        for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval",
+                     "keep_checkpoints"):
             _positive(f"train.{name}", getattr(self, name))
         for name, limit in TRAIN_LIMITS.items():
             _at_most(f"train.{name}", getattr(self, name), limit)
@@ -255,7 +257,7 @@ RESUME_CHANGEABLE: dict[str, tuple[str, ...] | str] = {
     "model": ("attn_backend", "norm_backend"),
     "data": ("cache_dir", "num_workers"),
     "train": ("out_dir", "max_iters", "epochs", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
-              "sample_tokens", "device", "compile", "grad_clip"),
+              "keep_checkpoints", "sample_tokens", "device", "compile", "grad_clip"),
     "optim": ("lr", "min_lr", "scheduler", "warmup_iters", "lr_decay_iters", "step_size", "gamma"),
     "eval": "*",
     "logging": "*",

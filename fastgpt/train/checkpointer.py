@@ -74,7 +74,8 @@ class Checkpointer:
         if self.env.is_main and error is None:
             try:
                 ckpt.save_checkpoint(self.out_dir, step, None if self.sharded else self.model,
-                                     self.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged)
+                                     self.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged,
+                                     keep=self.cfg.train.keep_checkpoints)
             except OSError as exc:
                 error = exc
         if sum_across_ranks([error is not None], self.env)[0]:

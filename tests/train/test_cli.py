@@ -150,3 +150,14 @@ def test_off_a_terminal_a_plain_line_per_log_interval_and_no_carriage_returns(co
     assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", tps) for _, tps in steps)  # 131,072, never 1.31e+05
     code, err = _run("eval", "--checkpoint", str(out), "--device", "cpu", cwd=corpus.parent)
     assert code == 0 and "\r" not in err, err[-2000:]
+
+
+def test_keep_checkpoints_in_a_real_run(run: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "kept"
+    train_mod.main(_args(corpus, out, "train.max_iters=10", "train.keep_checkpoints=3"))  # saves at 2, 4, ..., 10
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-000006", "ckpt-000008", "ckpt-000010"]
+    # resumed from 6 (keep_checkpoints may change): 8 and 10 belong to the branch given up, pruned at the first save
+    train_mod.main(["--resume=ckpt-000006", f"train.out_dir={out}", "train.max_iters=8", "train.keep_checkpoints=2"])
+    assert "resume: train.keep_checkpoints 3 -> 2" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-000006", "ckpt-000008"]
+    assert (out / "latest").read_text().strip() == "ckpt-000008"
