@@ -70,7 +70,7 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 from fastgpt.train import checkpoint
-from fastgpt.train import trainer as train
+from fastgpt.train import cli as train
 from fastgpt.__main__ import run
 
 saves = 0
