@@ -180,7 +180,7 @@ class TrainConfig:
     keep_checkpoints: int = 1  # keep the N newest checkpoints (and the best one, always)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; fp16 uses a GradScaler)
+    dtype: str = "auto"  # auto (bf16 where measured faster, else fp32) | float32 | bfloat16 | float16 (autocast)
     compile: bool = False  # torch.compile the model
     parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) | fsdp (FSDP2 shards, DCP checkpoints)
     grad_clip: float = 1.0  # max gradient norm (0 = off)
@@ -189,7 +189,7 @@ class TrainConfig:
     overwrite: bool = False  # a new run may replace the run already in out_dir (else it is refused)
 
     def __post_init__(self) -> None:
-        _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16", "auto"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval",
                      "keep_checkpoints"):

@@ -32,6 +32,7 @@ from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, mean_across_ranks, shard_fsdp, sum_across_ranks, wrap_ddp
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb, step_summary
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
+from fastgpt.train.precision import resolve_auto_dtype
 from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.schedule import make_scheduler
 
@@ -63,7 +64,9 @@ class Trainer:
         if hf_model is not None:
             self.model.load_state_dict(hf_model.state_dict())
         torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
-        dtype = getattr(torch, cfg.train.dtype)
+        if cfg.train.dtype == "auto":  # measured here and saved resolved: a resumed run keeps the choice
+            self._say(resolve_auto_dtype(self.cfg, env))
+        dtype = getattr(torch, self.cfg.train.dtype)
         if self.fsdp:
             m = self.cfg.model  # blocks sharing a module cannot be sharded one by one: then only the root is
             tied = m.tie_ffn_across_layers or m.tie_attn_proj_across_layers

@@ -161,3 +161,20 @@ def test_keep_checkpoints_in_a_real_run(run: Path, corpus: Path, tmp_path: Path,
     assert "resume: train.keep_checkpoints 3 -> 2" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-000006", "ckpt-000008"]
     assert (out / "latest").read_text().strip() == "ckpt-000008"
+
+
+def test_dtype_auto_in_a_real_run_is_measured_logged_and_saved(corpus: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "auto"  # no train.dtype: the default, auto; a model big enough to be measured
+    train_mod.main(_args(corpus, out, "model.n_embd=64", "model.block_size=32", "train.batch_size=16",
+                         "train.max_iters=2"))
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.dtype=auto: ")]
+    chosen = line.split()[1]
+    assert chosen in ("float32", "bfloat16") and "matmul on cpu: bf16" in line and "fp32" in line
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["dtype"] == chosen
+    assert yaml.safe_load((out / "ckpt-000002" / "config.yaml").read_text())["train"]["dtype"] == chosen
+    # a resumed run trains in the dtype chosen; train.dtype=auto stands for that choice, no change
+    train_mod.main(["--resume", f"train.out_dir={out}", "train.dtype=auto", "train.max_iters=3"])
+    err = capsys.readouterr().err
+    assert "train.dtype=auto:" not in err and "resume: train.dtype" not in err and "resume: train.max_iters" in err
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["dtype"] == chosen
