@@ -35,10 +35,13 @@ class Checkpointer:
     """
 
     def __init__(self, cfg: Config, env: DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, scaler: Any, loader: TokenLoader, tokenizer: Tokenizer, sharded: bool) -> None:
+                 scheduler: Any, scaler: Any, loader: TokenLoader, tokenizer: Tokenizer, sharded: bool,
+                 data_hash: str | None = None) -> None:
+        """``data_hash``: the prepared data's (its manifest's ``hash``), saved to tell a resumed run whether
+        the dataset changed since."""
         self.cfg, self.env, self.out_dir = cfg, env, cfg.train.out_dir
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.loader, self.tokenizer, self.sharded = loader, tokenizer, sharded
+        self.loader, self.tokenizer, self.sharded, self.data_hash = loader, tokenizer, sharded, data_hash
         self.saved_iter: int | None = None  # the iteration saved last (None: nothing yet in this process)
 
     def state(self, counters: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +49,7 @@ class Checkpointer:
         rng = rng_state()  # plain lists and tensors: state.pt loads with weights_only=True
         state = {
             **counters, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(), "rng": gather_objects(rng, self.env),
+            "loader": self.loader.state_dict(), "rng": gather_objects(rng, self.env), "data_hash": self.data_hash,
         }
         if not self.sharded:  # a sharded checkpoint keeps it in its DCP shards
             state["optimizer"] = self.optimizer.state_dict()
@@ -87,10 +90,10 @@ class Checkpointer:
                                 "the previous checkpoint is kept")
         self.saved_iter = step
 
-    def resume(self, which: str = "latest") -> tuple[str, dict[str, Any]]:
+    def resume(self, which: str = "latest") -> tuple[str, dict[str, Any], str | None]:
         """Load the ``which`` checkpoint (latest, best, or ckpt-NNNNNN) into the model, optimizer,
-        scheduler, scaler, loader and RNGs; return its path and counters (``iter``, ``best_val``,
-        ``nonfinite``)."""
+        scheduler, scaler, loader and RNGs; return its path, counters (``iter``, ``best_val``,
+        ``nonfinite``) and a warning when the data is not what the checkpoint trained on (else None)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
         saved, now = ckpt.read_config(path)["model"], self.cfg.to_dict()["model"]
         diff = {k: (v, now.get(k)) for k, v in saved.items()
@@ -122,7 +125,12 @@ class Checkpointer:
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None
         self.saved_iter = counters["iter"]
-        return str(path), counters
+        saved_hash = state.get("data_hash")  # absent from checkpoints older than the field
+        warning = None
+        if saved_hash is not None and self.data_hash is not None and saved_hash != self.data_hash:
+            warning = (f"warning: the dataset's files changed since {path.name} (data {saved_hash}, now "
+                       f"{self.data_hash}): the run continues on the new data, no longer exactly as it would have gone")
+        return str(path), counters, warning
 
     def _continue_schedule(self) -> None:
         """The learning rate from here on follows this run's optim.* (``--resume`` may change optim.lr and

@@ -89,7 +89,7 @@ class Trainer:
         # loaded on the ranks that score them: rank 0, and every rank under FSDP, whose forward needs them all
         self.benchmarks = load_benchmarks(cfg.eval, tok, cfg.data.tokenizer) if env.is_main or self.fsdp else {}
         self.checkpointer = Checkpointer(self.cfg, env, self.model, self.optimizer, self.scheduler, self.scaler,
-                                         self.train_loader, tok, sharded=self.sharded)
+                                         self.train_loader, tok, self.sharded, self.data.manifest["hash"])
         self.resumed = resume is not None
         # a fresh run touches nothing in out_dir until its first step went through (``_start``)
         self.started, self.pending = False, []
@@ -153,11 +153,11 @@ class Trainer:
         self.checkpointer.save(counters, best=best or first)
 
     def _resume(self, which: str) -> None:
-        path, counters = self.checkpointer.resume(which)
+        path, counters, warning = self.checkpointer.resume(which)
         self.iter, self.best_val, self.nonfinite = counters["iter"], counters["best_val"], counters["nonfinite"]
         if self.metrics is not None:
             self.metrics.truncate_after(self.iter)
-        self._say(f"resumed from {path} at iteration {self.iter}")
+        self._say(f"resumed from {path} at iteration {self.iter}" + (f"\n{warning}" if warning else ""))
 
     # ------------------------------------------------------------------- training
     @torch.no_grad()

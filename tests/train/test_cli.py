@@ -178,3 +178,18 @@ def test_dtype_auto_in_a_real_run_is_measured_logged_and_saved(corpus: Path, tmp
     err = capsys.readouterr().err
     assert "train.dtype=auto:" not in err and "resume: train.dtype" not in err and "resume: train.max_iters" in err
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["dtype"] == chosen
+
+
+def test_resume_after_the_dataset_changed_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the king and queen walk by night to see a ghost upon the wall\n" * 40)
+    out = tmp_path / "out"
+    train_mod.main(_args(corpus, out))
+    train_mod.main(["--resume", f"train.out_dir={out}", "train.max_iters=5"])
+    assert "warning" not in capsys.readouterr().err  # the same data: exact, nothing to say
+    with corpus.open("a") as f:
+        f.write("a ghost upon the wall walks by night\n" * 10)
+    train_mod.main(["--resume", f"train.out_dir={out}", "train.max_iters=6"])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "the dataset's files changed since ckpt-000005" in warnings[0]
+    assert "no longer exactly" in warnings[0] and _events(out)[-1]["iter"] == 6
