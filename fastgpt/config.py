@@ -252,12 +252,13 @@ SECTIONS: dict[str, type] = {
 
 # what ``--resume`` may change: settings that leave the saved state meaning what it meant (how long
 # to train, how often to evaluate, log and save, the learning-rate schedule from here on, where it
-# runs); every other key keeps the run's saved value ("*": the whole section)
+# runs, the per-rank batch for another number of ranks: keep batch_size x grad_accum_steps x ranks
+# to stay exact); every other key keeps the run's saved value ("*": the whole section)
 RESUME_CHANGEABLE: dict[str, tuple[str, ...] | str] = {
     "model": ("attn_backend", "norm_backend"),
     "data": ("cache_dir", "num_workers"),
-    "train": ("out_dir", "max_iters", "epochs", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
-              "keep_checkpoints", "sample_tokens", "device", "compile", "grad_clip"),
+    "train": ("out_dir", "batch_size", "grad_accum_steps", "max_iters", "epochs", "eval_interval", "eval_iters",
+              "log_interval", "ckpt_interval", "keep_checkpoints", "sample_tokens", "device", "compile", "grad_clip"),
     "optim": ("lr", "min_lr", "scheduler", "warmup_iters", "lr_decay_iters", "step_size", "gamma"),
     "eval": "*",
     "logging": "*",

@@ -73,8 +73,10 @@ def test_resume_refuses_what_cannot_change_mid_run(run: Path, corpus: Path, cli_
     line = cli_error(train_mod.main, ["--resume", f"train.out_dir={run}", "model.n_embd=32"])
     assert "model.n_embd cannot change when resuming (the run has 16, given 32)" in line
     assert "train.max_iters" in line  # and says what may change
-    line = cli_error(train_mod.main, ["--resume", f"train.out_dir={run}", "train.batch_size=3"])
-    assert line.startswith("error: train.batch_size cannot change")
+    line = cli_error(train_mod.main, ["--resume", f"train.out_dir={run}", "train.seed=3"])
+    assert line.startswith("error: train.seed cannot change")
+    assert "data.dataset cannot change" in cli_error(train_mod.main, ["--resume", f"train.out_dir={run}",
+                                                                       "data.dataset=other.txt"])
     # the same value as the run's is no change: the original command line plus --resume works
     train_mod.main(["--resume", *_args(corpus, run, "train.max_iters=5")])
     assert _events(run)[-1]["iter"] == 5
