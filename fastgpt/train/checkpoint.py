@@ -19,7 +19,7 @@ previous checkpoint loadable. Checkpoints other than the best and the ``train.ke
 newest are deleted once the pointers moved on.
 
 DCP reshards on load, so a sharded checkpoint resumes on any number of ranks (one process too),
-``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt convert``)
+``load`` reads it like any other, and ``fastgpt.train.convert`` (``python -m fastgpt convert``)
 turns it into the single-file form.
 """
 
@@ -154,28 +154,6 @@ def is_sharded(ckpt: Path) -> bool:
     """True for a checkpoint folder whose weights are DCP shards only. Beside a model.safetensors a
     ``sharded/`` folder is never read: its ``.metadata`` is a pickle, and unpickling can run code."""
     return (ckpt / SHARDS / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
-
-
-def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) -> Path:
-    """Write the checkpoint ``src`` (a run's out_dir: its ``latest``) as one folder ``out`` that holds
-    ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming.
-
-    Converting one's own sharded run is what this is for, so DCP's pickled ``.metadata`` is read
-    (``allow_pickle``); beside a model.safetensors it never is (``is_sharded``)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {str(out)!r} exists and is not empty; name a new folder")
-    ckpt = resolve_checkpoint(src, "latest")
-    model, tokenizer = load(ckpt, allow_pickle=allow_pickle)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        write_files(tmp, model, tokenizer, read_config(ckpt), None)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
