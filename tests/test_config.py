@@ -36,6 +36,9 @@ def test_defaults_and_overrides_are_typed() -> None:
     [
         ("train.max_iter=5", "unknown config key train.max_iter; did you mean train.max_iters"),
         ("trian.max_iters=5", "unknown config section 'trian'; did you mean train"),
+        ("train.lr=0.1", "unknown config key train.lr; did you mean optim.lr?"),
+        ("optim.warmup=5", "unknown config key optim.warmup; did you mean optim.warmup_iters"),
+        ("model.max_iters=5", "unknown config key model.max_iters; did you mean train.max_iters?"),
         ("train.max_iters=five", "train.max_iters must be int, got 'five'"),
         ("train.max_iters=1.5", "train.max_iters must be int, got 1.5"),
         ("model.bias=3", "model.bias must be bool"),
@@ -63,6 +66,10 @@ def test_yaml_file_with_preset_and_errors(tmp_path: Path) -> None:
     path.write_text("model: [1, 2\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_config(path)
+    path.write_text("train:\n  max_iters: 3\n  eval_iters: a: b\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    assert f"config file {str(path)!r} is not valid YAML at line 3, column 16: mapping values" in str(err.value)
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="must map section names"):
         load_config(path)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import DOC_MODES, TokenLoader
+from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
 from fastgpt.tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
@@ -314,7 +315,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     tokenizer = build_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, cfg.simplify)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     workers = cfg.num_workers or os.cpu_count() or 1
-    with tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+    chars = sum(map(len, texts))
+    with progress_bar(total=chars, enabled=progress, unit="char", unit_scale=True, desc="tokenizing") as bar:
         streams = [_tokenize(source_docs, tokenizer, dtype, workers, bar) for source_docs in docs]
     if cfg.weights is not None and len(streams) > 1:
         streams = _mix(streams, cfg.weights, cfg.seed, tokenizer.eot_id)

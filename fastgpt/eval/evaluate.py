@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from fastgpt.data import DataConfig
+from fastgpt.data.progress import progress_bar
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
@@ -72,7 +72,7 @@ def evaluate_loss(
     was_training = model.training
     model.eval()
     try:
-        for b in tqdm(range(0, len(starts), batch_size), desc=VAL_LOSS, unit="batch", disable=not progress):
+        for b in progress_bar(range(0, len(starts), batch_size), progress, desc=VAL_LOSS, unit="batch"):
             x = torch.zeros(len(starts[b : b + batch_size]), T, dtype=torch.long)
             y = torch.full_like(x, -1)  # -1: past the end of the stream, not scored
             for r, s in enumerate(starts[b : b + batch_size]):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from fastgpt.data.progress import progress_bar
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
 
@@ -106,7 +106,7 @@ def score_tokens(
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        for start in progress_bar(range(0, len(order), batch_size), progress, desc=desc, unit="batch"):
             batch = order[start : start + batch_size]
             T = max(len(rows[i][0]) for i in batch) - 1
             x = torch.zeros(len(batch), T, dtype=torch.long)  # inputs, right-padded with id 0

@@ -16,10 +16,11 @@ Layout of a run's ``out_dir``::
 
 A checkpoint is written to a temporary folder, flushed, renamed into place, and only then named
 by the pointer files (replaced atomically), so a crash or ``kill -9`` at any moment leaves the
-previous checkpoint loadable. Older checkpoints are deleted once the pointers moved on.
+previous checkpoint loadable. Checkpoints other than the best and the ``train.keep_checkpoints``
+newest are deleted once the pointers moved on.
 
 DCP reshards on load, so a sharded checkpoint resumes on any number of ranks (one process too),
-``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt convert``)
+``load`` reads it like any other, and ``fastgpt.train.convert`` (``python -m fastgpt convert``)
 turns it into the single-file form.
 """
 
@@ -64,8 +65,10 @@ def save_checkpoint(
     state: dict[str, Any],
     best: bool = False,
     staged: Path | None = None,
+    keep: int = 1,
 ) -> Path:
-    """Write ``ckpt-{step}`` atomically, point ``latest`` (and ``best`` if asked) at it, prune.
+    """Write ``ckpt-{step}`` atomically, point ``latest`` (and ``best`` if asked) at it, prune all but
+    the ``keep`` newest checkpoints and the best one.
 
     ``staged`` is a ``staging_dir`` the ranks already wrote their shards into (``model`` is then None).
     Raises OSError (disk full, ...: whatever the writer's own error type) with the old checkpoint
@@ -94,7 +97,7 @@ def save_checkpoint(
     _write_pointer(out, "latest", name)
     if best or not (out / "best").exists():
         _write_pointer(out, "best", name)
-    _prune(out)
+    _prune(out, keep)
     return final
 
 
@@ -173,28 +176,6 @@ def is_sharded(ckpt: Path) -> bool:
     """True for a checkpoint folder whose weights are DCP shards only. Beside a model.safetensors a
     ``sharded/`` folder is never read: its ``.metadata`` is a pickle, and unpickling can run code."""
     return (ckpt / SHARDS / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
-
-
-def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) -> Path:
-    """Write the checkpoint ``src`` (a run's out_dir: its ``latest``) as one folder ``out`` that holds
-    ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming.
-
-    Converting one's own sharded run is what this is for, so DCP's pickled ``.metadata`` is read
-    (``allow_pickle``); beside a model.safetensors it never is (``is_sharded``)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {str(out)!r} exists and is not empty; name a new folder")
-    ckpt = resolve_checkpoint(src, "latest")
-    model, tokenizer = load(ckpt, allow_pickle=allow_pickle)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        write_files(tmp, model, tokenizer, read_config(ckpt), None)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
@@ -412,8 +393,10 @@ def _write_pointer(out: Path, which: str, name: str) -> None:
     os.replace(tmp, out / which)
 
 
-def _prune(out: Path) -> None:
-    """Delete checkpoints no pointer names, and what interrupted saves left (temporary folders, pointers)."""
+def _prune(out: Path, newest: int) -> None:
+    """Delete the checkpoints that are neither ``best`` nor among the ``newest`` up to ``latest`` (those
+    after it belong to a run resumed from an earlier one), and what interrupted saves left (temporary
+    folders, pointers)."""
     keep = set()
     for pointer in POINTERS:
         try:
@@ -421,6 +404,9 @@ def _prune(out: Path) -> None:
         except ValueError:  # a pointer this run did not write: prune nothing
             return
         keep |= {target.name} if target is not None else set()
+        if pointer == "latest" and target is not None:
+            kept = [c for c in run_dir.checkpoints(out) if run_dir.step_of(c) <= run_dir.step_of(target)]
+            keep |= {c.name for c in kept[-newest:]}
     for entry in out.iterdir():
         stale_ckpt = entry.name.startswith("ckpt-") and entry.name not in keep
         if entry.is_dir() and (stale_ckpt or entry.name.startswith(".ckpt-")):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastgpt.config import Config
+from fastgpt.config import RESUME_CHANGEABLE, Config
 from fastgpt.data import TokenLoader
 from fastgpt.tokenizers import Tokenizer
 from fastgpt.train import checkpoint as ckpt
@@ -35,10 +35,13 @@ class Checkpointer:
     """
 
     def __init__(self, cfg: Config, env: DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, scaler: Any, loader: TokenLoader, tokenizer: Tokenizer, sharded: bool) -> None:
+                 scheduler: Any, scaler: Any, loader: TokenLoader, tokenizer: Tokenizer, sharded: bool,
+                 data_hash: str | None = None) -> None:
+        """``data_hash``: the prepared data's (its manifest's ``hash``), saved to tell a resumed run whether
+        the dataset changed since."""
         self.cfg, self.env, self.out_dir = cfg, env, cfg.train.out_dir
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.loader, self.tokenizer, self.sharded = loader, tokenizer, sharded
+        self.loader, self.tokenizer, self.sharded, self.data_hash = loader, tokenizer, sharded, data_hash
         self.saved_iter: int | None = None  # the iteration saved last (None: nothing yet in this process)
 
     def state(self, counters: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +49,7 @@ class Checkpointer:
         rng = rng_state()  # plain lists and tensors: state.pt loads with weights_only=True
         state = {
             **counters, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(), "rng": gather_objects(rng, self.env),
+            "loader": self.loader.state_dict(), "rng": gather_objects(rng, self.env), "data_hash": self.data_hash,
         }
         if not self.sharded:  # a sharded checkpoint keeps it in its DCP shards
             state["optimizer"] = self.optimizer.state_dict()
@@ -74,7 +77,8 @@ class Checkpointer:
         if self.env.is_main and error is None:
             try:
                 ckpt.save_checkpoint(self.out_dir, step, None if self.sharded else self.model,
-                                     self.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged)
+                                     self.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged,
+                                     keep=self.cfg.train.keep_checkpoints)
             except OSError as exc:
                 error = exc
         if sum_across_ranks([error is not None], self.env)[0]:
@@ -86,10 +90,10 @@ class Checkpointer:
                                 "the previous checkpoint is kept")
         self.saved_iter = step
 
-    def resume(self, which: str = "latest") -> tuple[str, dict[str, Any]]:
+    def resume(self, which: str = "latest") -> tuple[str, dict[str, Any], str | None]:
         """Load the ``which`` checkpoint (latest, best, or ckpt-NNNNNN) into the model, optimizer,
-        scheduler, scaler, loader and RNGs; return its path and counters (``iter``, ``best_val``,
-        ``nonfinite``)."""
+        scheduler, scaler, loader and RNGs; return its path, counters (``iter``, ``best_val``,
+        ``nonfinite``) and a warning when the data is not what the checkpoint trained on (else None)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
         later = ckpt.later_checkpoints(self.out_dir, path)
         if later and not self.cfg.train.overwrite:
@@ -98,8 +102,9 @@ class Checkpointer:
                 f"({', '.join(c.name for c in later)}) that its next saves would replace; add "
                 "train.overwrite=true to go back to it, or resume the latest")
         saved, now = ckpt.read_config(path)["model"], self.cfg.to_dict()["model"]
-        if saved != now:
-            diff = {k: (v, now.get(k)) for k, v in saved.items() if now.get(k) != v}
+        diff = {k: (v, now.get(k)) for k, v in saved.items()
+                if now.get(k) != v and k not in RESUME_CHANGEABLE["model"]}  # the kernels compute the same model
+        if diff:
             raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its model config differs "
                                        f"(saved, now): {diff}")
         state = ckpt.load_state(path)
@@ -114,6 +119,7 @@ class Checkpointer:
                 ckpt.load_weights(self.model, path)
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self._continue_schedule()
             self.scaler.load_state_dict(state["scaler"])
             self.loader.load_state_dict(state["loader"])
             counters = {"iter": state["iter"], "best_val": state["best_val"], "nonfinite": state["nonfinite"]}
@@ -129,7 +135,21 @@ class Checkpointer:
             self.env.barrier()  # every rank has read ``path`` through the old pointers
             if self.env.is_main:
                 ckpt.rewind(self.out_dir, path)
-        return str(path), counters
+        saved_hash = state.get("data_hash")  # absent from checkpoints older than the field
+        warning = None
+        if saved_hash is not None and self.data_hash is not None and saved_hash != self.data_hash:
+            warning = (f"warning: the dataset's files changed since {path.name} (data {saved_hash}, now "
+                       f"{self.data_hash}): the run continues on the new data, no longer exactly as it would have gone")
+        return str(path), counters, warning
+
+    def _continue_schedule(self) -> None:
+        """The learning rate from here on follows this run's optim.* (``--resume`` may change optim.lr and
+        the schedule): the saved one set the base rate, and the rate of the next step, to its own."""
+        sched = self.scheduler
+        sched.base_lrs = [self.cfg.optim.lr] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas, strict=True):
+            group["initial_lr"] = self.cfg.optim.lr
+            group["lr"] = self.cfg.optim.lr * factor(sched.last_epoch)
 
     def _restore_rng(self, saved: list[dict[str, Any]], step: int) -> None:
         """Each rank's saved RNG state; on another number of ranks, a fresh seed per (seed, rank, iter)."""

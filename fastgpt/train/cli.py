@@ -1,7 +1,8 @@
-"""``python -m fastgpt.train [--config FILE | --recipe cpu|gpu] [--resume[=WHICH]] [section.key=value ...]``
+"""python -m fastgpt.train [--config FILE | --recipe cpu|gpu] [--resume[=WHICH]] [--print-config] [key=value ...]
 
-Prepares the data, builds the model, and trains it (``fastgpt.train.trainer``). Ctrl-C or SIGTERM saves a
-checkpoint and exits; ``--resume`` continues from it.
+Prepares the data, builds the model, and trains it (fastgpt.train.trainer). Ctrl-C or SIGTERM saves a
+checkpoint and exits; --resume continues from it with the run's own saved config, which overrides may
+change where fastgpt.config.RESUME_CHANGEABLE allows (how long, how often, the learning-rate schedule).
 """
 
 from __future__ import annotations
@@ -9,14 +10,27 @@ from __future__ import annotations
 import argparse
 import errno
 import pathlib
+import sys
+from typing import Any
 
 import torch
+import yaml
 
-from fastgpt.config import Config, load_config
+from fastgpt.config import (
+    Config,
+    TrainConfig,
+    apply_overrides,
+    changeable_on_resume,
+    config_reference,
+    load_config,
+    read_yaml,
+    resume_config,
+)
+from fastgpt.train.checkpoint import CheckpointError, read_config, resolve_checkpoint
 from fastgpt.train.checkpointer import TrainingError
 from fastgpt.train.distributed import collective_failure, setup, teardown
 from fastgpt.train.recipes import default_recipe
-from fastgpt.train.run_dir import RunLock, holds_run
+from fastgpt.train.run_dir import RunLock, checkpoints, holds_run
 from fastgpt.train.trainer import Trainer
 
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user
@@ -30,28 +44,69 @@ def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
                          "with --resume, use another train.out_dir, or replace it with train.overwrite=true")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1])
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1],
+                                epilog=f"--resume may change {changeable_on_resume()}\n\n"
+                                       "config keys (section.key=default):\n" + config_reference(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--config", help="a YAML config (default: a built-in recipe, see --recipe)")
     p.add_argument("--recipe", choices=("cpu", "gpu"),
                    help="the built-in Shakespeare recipe used without --config (default: gpu when CUDA is available)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="WHICH",
-                   help="continue the run in train.out_dir from its latest checkpoint; --resume=best, or a "
-                        "checkpoint of the run by name (--resume=ckpt-000500)")
+                   help="continue the run in train.out_dir, with its own saved config, from its latest checkpoint; "
+                        "--resume=best, or a checkpoint of the run by name (--resume=ckpt-000500)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit, training nothing and writing nowhere")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_args(argv)
-    if args.resume is not None and "=" in args.resume:  # ``--resume train.x=1``: an override, not a name
-        args.overrides.insert(0, args.resume)
-        args.resume = "latest"
+    args = list(sys.argv[1:] if argv is None else argv)
+    # a bare --resume takes no WHICH when an override or a flag follows (--resume train.out_dir=X)
+    args = ["--resume=latest" if a == "--resume" and (i + 1 == len(args) or "=" in args[i + 1]
+                                                      or args[i + 1].startswith("-")) else a
+            for i, a in enumerate(args)]
+    return p.parse_intermixed_args(args)  # overrides before and after the flags
+
+
+def _resumed_config(args: argparse.Namespace) -> tuple[Config, str, list[str]]:
+    """The config of the run ``--resume`` continues, the checkpoint's name, and what the command line
+    changed in it. The run folder is train.out_dir as given, else --config's, else the recipe's."""
+    given: dict[str, Any] = apply_overrides(read_yaml(pathlib.Path(args.config)) if args.config else {},
+                                            args.overrides)
+    train = given.get("train")
+    if train is not None and not isinstance(train, dict):
+        raise ValueError(f"config section 'train' must be a mapping of keys to values, got {type(train).__name__}")
+    train = given["train"] = dict(train or {})
+    fallback = TrainConfig.out_dir if args.config else default_recipe(args.recipe)["train"]["out_dir"]
+    out = pathlib.Path(str(train.setdefault("out_dir", fallback)))
+    if not out.is_dir():
+        raise ValueError(f"train.out_dir={str(out)!r} does not exist: there is no run to --resume")
+    try:
+        ckpt = resolve_checkpoint(out, args.resume)
+    except CheckpointError:
+        if checkpoints(out):
+            raise
+        raise ValueError(f"train.out_dir={str(out)!r} holds no checkpoint"
+                         f"{'' if any(out.iterdir()) else ' (it is empty)'}: there is no run to --resume") from None
+    cfg, changes = resume_config(read_config(ckpt), given, f"the config of {str(ckpt)!r}")
+    return cfg, ckpt.name, changes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     if args.config and args.recipe:
         raise ValueError("give --config FILE or --recipe NAME, not both")
-    # no --config: a built-in recipe (fastgpt.train.recipes)
-    cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe(args.recipe))
+    if args.resume is None:  # no --config: a built-in recipe (fastgpt.train.recipes)
+        cfg = load_config(args.config, args.overrides, base=None if args.config else default_recipe(args.recipe))
+        changes: list[str] = []
+    else:
+        cfg, args.resume, changes = _resumed_config(args)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     env = setup(cfg.train.device)
+    for change in changes if env.is_main else ():
+        print(f"resume: {change}", file=sys.stderr, flush=True)
     lock = RunLock(pathlib.Path(cfg.train.out_dir)) if env.is_main else None
     try:
-        if args.resume is not None and not pathlib.Path(cfg.train.out_dir).is_dir():  # before the lock creates it
-            raise ValueError(f"train.out_dir={cfg.train.out_dir!r} does not exist: there is no run to --resume")
         if lock is not None:
             lock.acquire()  # a second run into this out_dir refuses here, naming the first one's pid
             _refuse_overwrite(cfg, args.resume)

@@ -9,8 +9,34 @@ GPU, and holds the whole model in memory; the optimizer state is left out.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
-from fastgpt.train.checkpoint import to_single_file
+from fastgpt.train.checkpoint import load, read_config, resolve_checkpoint, write_files
+
+
+def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) -> Path:
+    """Write the checkpoint ``src`` (a run's out_dir: its ``latest``) as one folder ``out`` that holds
+    ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming.
+
+    Converting one's own sharded run is what this is for, so DCP's pickled ``.metadata`` is read
+    (``allow_pickle``); beside a model.safetensors it never is (``is_sharded``)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {str(out)!r} exists and is not empty; name a new folder")
+    ckpt = resolve_checkpoint(src, "latest")
+    model, tokenizer = load(ckpt, allow_pickle=allow_pickle)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write_files(tmp, model, tokenizer, read_config(ckpt), None)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

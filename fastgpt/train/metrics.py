@@ -40,6 +40,14 @@ def flops_utilization(flops_per_token: Callable[[], int], tokens_per_s: float, d
     return flops_per_token() * tokens_per_s / (peak * world_size)
 
 
+def step_summary(event: dict[str, Any]) -> str:
+    """A training-step event as text: ``loss 2.3412, lr 0.000985, 131,072 tokens/s, mfu 41.2%``."""
+    parts = [f"loss {event['train_loss']:.4f}", f"lr {event['lr']:.3g}", f"{event['tokens_per_s']:,.0f} tokens/s"]
+    if "mfu" in event:
+        parts.append(f"mfu {100 * event['mfu']:.1f}%")
+    return ", ".join(parts)
+
+
 def open_wandb(cfg: LoggingConfig, config: dict[str, Any]) -> Any | None:
     """A wandb run when ``logging.wandb`` is set (None otherwise), recording the run's ``config``."""
     if not cfg.wandb:

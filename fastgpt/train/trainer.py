@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fastgpt.config import Config
 from fastgpt.data import PreparedData, prepare_data
+from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cut_note
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
@@ -32,9 +33,10 @@ from fastgpt.train.adapters import prepare_model
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, shard_fsdp, sum_across_ranks, wrap_ddp
 from fastgpt.train.init_from import initial_weights
-from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
+from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb, step_summary
 from fastgpt.train.objectives import Objective, estimate_losses, model_vocab_size
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
+from fastgpt.train.precision import resolve_auto_dtype
 from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.schedule import make_scheduler
 
@@ -72,7 +74,9 @@ class Trainer:
         prepare_model(self.model, cfg.train)  # train.freeze, LoRA adapters: before the optimizer sees them
         self.objective = Objective(cfg.train, tok)
         torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
-        dtype = getattr(torch, cfg.train.dtype)
+        if cfg.train.dtype == "auto":  # measured here and saved resolved: a resumed run keeps the choice
+            self._say(resolve_auto_dtype(self.cfg, env))
+        dtype = getattr(torch, self.cfg.train.dtype)
         if self.fsdp:
             m = self.cfg.model  # blocks sharing a module cannot be sharded one by one: then only the root is
             tied = m.tie_ffn_across_layers or m.tie_attn_proj_across_layers
@@ -100,7 +104,7 @@ class Trainer:
         self.benchmarks = (load_benchmarks(cfg.eval, tok, cfg.data.tokenizer, self._say)
                            if env.is_main or self.fsdp else {})
         self.checkpointer = Checkpointer(self.cfg, env, self.model, self.optimizer, self.scheduler, self.scaler,
-                                         self.train_loader, tok, sharded=self.sharded)
+                                         self.train_loader, tok, self.sharded, self.data.manifest["hash"])
         self.resumed = resume is not None
         # a fresh run touches nothing in out_dir until its first step went through (``_start``)
         self.started, self.pending = False, []
@@ -153,11 +157,11 @@ class Trainer:
         self.checkpointer.save(counters, best=best or first)
 
     def _resume(self, which: str) -> None:
-        path, counters = self.checkpointer.resume(which)
+        path, counters, warning = self.checkpointer.resume(which)
         self.iter, self.best_val, self.nonfinite = counters["iter"], counters["best_val"], counters["nonfinite"]
         if self.metrics is not None:
             self.metrics.truncate_after(self.iter)
-        self._say(f"resumed from {path} at iteration {self.iter}")
+        self._say(f"resumed from {path} at iteration {self.iter}" + (f"\n{warning}" if warning else ""))
 
     # ------------------------------------------------------------------- training
     def evaluate(self) -> dict[str, float]:
@@ -210,9 +214,9 @@ class Trainer:
         if self.iter == 0:
             self._eval_and_log()
         tokens_per_iter = t.batch_size * self.cfg.model.block_size * t.grad_accum_steps * self.env.world_size
-        # the bar shows on a terminal (rank 0 only); logs and pipes get the eval lines alone
-        bar = tqdm(total=self.total_iters, initial=self.iter, disable=None if self.env.is_main else True, unit="it",
-                   dynamic_ncols=True, file=sys.stderr)
+        # a bar on a terminal (rank 0 only); logs and pipes get a line per log_interval instead
+        bar = progress_bar(total=self.total_iters, initial=self.iter, enabled=self.env.is_main, unit="it",
+                           dynamic_ncols=True)
         last = time.perf_counter()
         while self.iter < self.total_iters:
             loss = self.train_step()
@@ -235,7 +239,10 @@ class Trainer:
                 if mfu is not None:
                     event["mfu"] = mfu
                 self._log(**event)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in event.items() if k not in ("iter", "world_size")})
+                if bar.disable:
+                    self._say(f"iter {self.iter}: {step_summary(event)}")
+                else:
+                    bar.set_postfix_str(step_summary(event))
             evaluated = self.iter % t.eval_interval == 0 or self.iter == self.total_iters
             best = self._eval_and_log() if evaluated else False
             if (evaluated or (t.ckpt_interval and self.iter % t.ckpt_interval == 0)) and self._may_save():

@@ -16,11 +16,11 @@ from fastgpt.train.checkpoint import CheckpointError, load, load_state, resolve_
 CFG = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
 
-def _save(out: Path, step: int, best: bool = False, cfg: GPTConfig = CFG) -> GPT:
+def _save(out: Path, step: int, best: bool = False, cfg: GPTConfig = CFG, keep: int = 1) -> GPT:
     torch.manual_seed(step)
     model = GPT(cfg)
     tok = build_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz."])
-    save_checkpoint(out, step, model, tok, {"model": dataclasses.asdict(cfg)}, {"iter": step}, best=best)
+    save_checkpoint(out, step, model, tok, {"model": dataclasses.asdict(cfg)}, {"iter": step}, best=best, keep=keep)
     return model
 
 
@@ -37,6 +37,18 @@ def test_latest_and_best_pointers_and_pruning(tmp_path: Path) -> None:
         model, tok = load(tmp_path, which=which)
         x = torch.tensor([tok.encode("abc")])
         torch.testing.assert_close(model(x)[0], ref.eval()(x)[0], rtol=0, atol=0)
+
+
+def test_keep_the_n_newest_and_the_best(tmp_path: Path) -> None:
+    for step in range(1, 6):
+        _save(tmp_path, step, best=step == 2, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ckpt-000002", "ckpt-000004", "ckpt-000005"]
+    assert resolve_checkpoint(tmp_path, "best").name == "ckpt-000002"
+    _save(tmp_path, 6, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [f"ckpt-00000{i}" for i in (2, 4, 5, 6)]
+    (tmp_path / "latest").write_text("ckpt-000002\n")  # resumed from 2: 4, 5 and 6 belong to the branch given up
+    _save(tmp_path, 3, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ckpt-000002", "ckpt-000003"]
 
 
 def test_tied_weights_stay_tied(tmp_path: Path) -> None:
