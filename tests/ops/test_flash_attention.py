@@ -207,7 +207,10 @@ def test_triton_rejects_unsupported_inputs(device, backend_or_skip):
 
 def test_cuda_rejects_unsupported_inputs(device, backend_or_skip):
     backend_or_skip("cuda")
-    from fastgpt.ops.cuda.flash_attention import flash_attention, unsupported_reason
+    from fastgpt.ops.cuda.flash_attention import unsupported_reason
+
+    def flash_attention(q, k, v):
+        return ops.flash_attention(q, k, v, backend="cuda")
 
     q = torch.randn(1, 2, 16, 96, device=device, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"head dim 96 is not supported \(64, 128\)"):

@@ -1,0 +1,158 @@
+"""``backend="auto"``: falls back for every input a kernel refuses, checks then times, remembers.
+
+On CPU with FASTGPT_AUTO_SLOW=1 the Triton interpreter and the CUDA emulator compete with torch:
+torch must win (it is the fastest here), a planted wrong kernel must be rejected with a warning,
+and the choices must reach a JSON file that a new process reads. Tiny shapes: the candidates are slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgpt import ops
+from fastgpt.ops import _autotune_cache, autotune, reference
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_autotune_cache, "_MEMORY", {})
+    return tmp_path
+
+
+def test_auto_falls_back_for_inputs_the_kernels_refuse(device, monkeypatch):
+    """Every argument reaches the support check: these raise on an explicit kernel, never under auto."""
+    monkeypatch.setenv("FASTGPT_AUTOTUNE", "0")  # the fixed order takes any kernel that says yes
+    x = torch.randn(3, 16, device=device, dtype=torch.float16)
+    w = torch.ones(16, device=device)
+    r = torch.randn(3, 16, device=device)  # fp32 residual for an fp16 x
+    y, h = ops.rms_norm(x, w, None, r, backend="auto")
+    want_y, want_h = reference.rms_norm(x, w, None, r)
+    torch.testing.assert_close(y, want_y)
+    torch.testing.assert_close(h, want_h)
+
+    p = torch.randn(4, 4, device=device)
+    g = torch.randn(4, 4, device=device).t()  # non-contiguous grad
+    steps = [torch.tensor(1.0, dtype=torch.float64, device=device)]  # fp64 step counter
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    pw, mw, vw = p.clone(), m.clone(), v.clone()
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1)
+    ops.fused_adamw_([p], [g], [m], [v], steps, **hyper, backend="auto")
+    reference.fused_adamw_([pw], [g], [mw], [vw], steps, **hyper)
+    torch.testing.assert_close(p, pw)
+
+
+def test_kernels_see_every_argument(device, backend_or_skip):
+    """The kernels' support checks name the arguments beyond the first ones."""
+    from fastgpt.ops._registry import kernel
+
+    name = backend_or_skip("cuda")
+    x = torch.randn(3, 16, device=device)
+    assert "residual" in kernel(name, "rms_norm").unsupported_reason(x, None, None, x.half())
+    assert "eps" in kernel(name, "rms_norm").unsupported_reason(x, None, float("nan"), None)
+    p = torch.randn(4, 4, device=device)
+    lists = ([p], [torch.randn(4, 4, device=device).t()], [torch.zeros_like(p)], [torch.zeros_like(p)])
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1)
+    assert "grads[0]" in kernel(name, "fused_adamw").unsupported_reason(*lists, [torch.ones((), device=device)],
+                                                                         **hyper)
+    step64 = [torch.ones((), dtype=torch.float64, device=device)]
+    assert "steps[0]" in kernel(name, "fused_adamw").unsupported_reason(lists[0], [p.clone()], *lists[2:], step64,
+                                                                         **hyper)
+
+
+def _slow_auto(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU candidates (interpreter, emulator) are for machines without a GPU")
+    monkeypatch.setenv("FASTGPT_AUTO_SLOW", "1")
+    monkeypatch.setenv("FASTGPT_AUTOTUNE", "1")
+    cands = autotune.kernel_candidates(torch.device("cpu"))
+    if not cands:
+        pytest.skip("neither the Triton interpreter nor the CUDA emulator is usable here")
+    return cands
+
+
+def test_auto_on_cpu_checks_times_and_chooses_torch(fresh_cache, monkeypatch):
+    cands = _slow_auto(monkeypatch)
+    # big enough that the emulator's and interpreter's overheads dwarf noise (at 4 x 16 the emulator is close)
+    x = torch.randn(64, 128)
+    w = 1 + 0.1 * torch.randn(128)
+    torch.testing.assert_close(ops.rms_norm(x, w, backend="auto"), reference.rms_norm(x, w))
+    (key, choice), = ops.autotune_choices().items()
+    assert key == "rms_norm cpu float32 N<=128 weight=float32 residual=False"
+    assert choice == "torch"
+    record = _autotune_cache.records()[key]
+    assert set(record["ms"]) == {"torch", *cands}, record  # every candidate passed its check and was timed
+    assert record["rejected"] == {}
+    assert key in ops.autotune_summary()
+    (file,) = (fresh_cache / "autotune").glob("*.json")
+    assert json.loads(file.read_text())["choices"][key]["backend"] == "torch"
+
+
+def test_auto_rejects_a_wrong_kernel(fresh_cache, monkeypatch):
+    cands = _slow_auto(monkeypatch)
+    wrong = cands[0]
+    from fastgpt.ops._registry import kernel
+
+    module = kernel(wrong, "rms_norm")
+    right = module.rms_norm_fwd
+
+    def off_by_a_bit(x, weight, residual, eps):
+        y, h, rstd = right(x, weight, residual, eps)
+        return y * 1.01, h, rstd
+
+    monkeypatch.setattr(module, "rms_norm_fwd", off_by_a_bit)
+    x = torch.randn(4, 16)
+    with pytest.warns(RuntimeWarning, match=f"rms_norm on {wrong} failed its check for float32.*max error"):
+        out = ops.rms_norm(x, None, backend="auto")
+    torch.testing.assert_close(out, reference.rms_norm(x, None))
+    record = next(iter(_autotune_cache.records().values()))
+    assert wrong in record["rejected"] and wrong not in record["ms"], record
+    assert record["backend"] == "torch"
+
+
+_CHILD = """
+import sys, torch
+from fastgpt import ops
+from fastgpt.ops import autotune
+if sys.argv[1] == "read":
+    def no_tuning(*args):
+        raise AssertionError("tuned again instead of reading the cache")
+    autotune.tune = no_tuning
+ops.rms_norm(torch.randn(3, 8), None, backend="auto")
+print(ops.autotune_choices())
+"""
+
+
+def test_cache_is_read_by_a_new_process(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only: the interpreter competes with torch")
+    env = dict(os.environ, FASTGPT_CACHE_DIR=str(tmp_path), FASTGPT_AUTO_SLOW="1", FASTGPT_AUTOTUNE="1",
+               TRITON_INTERPRET="1", FASTGPT_CUDA_EMULATE="0")
+    outs = []
+    for mode in ("write", "read"):
+        res = subprocess.run([sys.executable, "-c", _CHILD, mode], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs.append(res.stdout.strip())
+    assert outs[0] == outs[1] == "{'rms_norm cpu float32 N<=8 weight=none residual=False': 'torch'}"
+
+
+def test_malformed_cache_is_ignored(fresh_cache, monkeypatch):
+    cpu = torch.device("cpu")
+    file = _autotune_cache.path(cpu)
+    file.parent.mkdir(parents=True)
+    good = {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {}}
+    bad = {"backend": "os.system('x')", "ms": {}, "rejected": {}}
+    file.write_text(json.dumps({"stamp": _autotune_cache.stamp(cpu), "choices": {"a": good, "b": bad}}))
+    assert _autotune_cache.lookup(cpu, "a") == good
+    assert _autotune_cache.lookup(cpu, "b") is None
+    file.write_text("{not json")
+    monkeypatch.setattr(_autotune_cache, "_MEMORY", {})
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        assert _autotune_cache.lookup(cpu, "a") is None
