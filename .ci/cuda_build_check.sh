@@ -25,6 +25,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$VENV/bin/pip" install -q --upgrade pip setuptools wheel ninja
   "$VENV/bin/pip" install -q "${FASTGPT_CUDA_TORCH:-torch==2.14.1}" numpy
 fi
+# importing fastgpt (for the registration check) reads configs with PyYAML
+"$VENV/bin/python" -c "import yaml" 2>/dev/null || "$VENV/bin/pip" install -q pyyaml
 
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/fastgpt-cuda-build.XXXXXX")"
 trap 'rm -rf "$OUT"' EXIT

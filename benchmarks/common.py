@@ -38,12 +38,7 @@ from typing import Any
 import torch
 from summary import DEFAULT_OUT, ROOT, SUMMARY_TARGETS
 
-# dense bf16 tensor-core peak FLOP/s per GPU (datasheet, no sparsity); first match wins
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-    ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
-    ("A10", 125e12), ("4090", 165e12),
-]
+from fastgpt.train.metrics import peak_bf16_flops
 
 # our kernels' providers; "triton-eager" and the like are ours too
 OUR_PROVIDERS = ("triton", "cuda")
@@ -168,11 +163,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
         info.update(device=f"cpu ({platform.processor() or platform.machine()})", driver="none",
                     threads=torch.get_num_threads(), peak_bf16_tflops=None)
     return info
-
-
-def peak_bf16_flops(device_name: str) -> float | None:
-    """Datasheet dense bf16 FLOP/s of a GPU by name (None when unknown)."""
-    return next((v for k, v in PEAK_BF16_FLOPS if k in device_name), None)
 
 
 # ------------------------------------------------------------------------------------- timing

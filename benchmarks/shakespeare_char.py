@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import fastgpt
-from fastgpt.eval import evaluate_loss
+from fastgpt.eval.evaluate import evaluate_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("final_val_loss", "full_val_loss", "median_step_ms", "process_wall_s")
@@ -97,11 +97,12 @@ def interleaved_steps(data: Path, steps: int) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import nanogpt_baseline
 
-    from fastgpt.distributed import setup, teardown
-    from fastgpt.train import Trainer, resolve_config
+    from fastgpt.config import load_config
+    from fastgpt.train.distributed import setup, teardown
+    from fastgpt.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = resolve_config(str(ROOT / "configs" / "baby-shakespeare.yaml"),
+        cfg = load_config(str(ROOT / "configs" / "baby-shakespeare.yaml"),
                              [f"data.dataset={data}", f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out"])
         trainer = Trainer(cfg, setup("cpu"))
         base = nanogpt_baseline.Run(str(data), seed=cfg.train.seed, max_iters=cfg.train.max_iters)

@@ -21,7 +21,7 @@ Configurations (each skipped with a note when it cannot run):
 
 Reported per configuration: tokens/s (3 warm-up steps, the first compiles; then 20 timed steps
 between two synchronizations), MFU = flops_per_token x tokens/s / the GPU's datasheet dense
-bf16 peak (989 TFLOP/s on H100 SXM and H200; table in common.PEAK_BF16_FLOPS), with
+bf16 peak (989 TFLOP/s on H100 SXM and H200; table in fastgpt.train.metrics.PEAK_BF16_FLOPS), with
 flops_per_token = 6N + 12*L*T*d (GPT.flops_per_token), the same model FLOP/s as a fraction of
 the bf16 matmul rate measured in this run, and peak memory (max_memory_allocated over the timed
 steps).

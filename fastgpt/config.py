@@ -1,7 +1,7 @@
-"""Run configuration: YAML files in ``configs/`` plus ``section.key=value`` overrides.
+"""Every configuration dataclass, and run configs: YAML files plus ``section.key=value`` overrides.
 
-A config has the sections ``model`` (GPTConfig fields, or ``preset: NAME`` plus overrides),
-``data`` (DataConfig), ``train``, ``optim``, ``eval`` and ``logging``. Every key is type-checked;
+A config has the sections ``model`` (``GPTConfig`` fields, or ``preset: NAME`` plus overrides),
+``data`` (``DataConfig``), ``train``, ``optim``, ``eval`` and ``logging``. Every key is type-checked;
 an unknown one fails with a message naming it and the nearest valid keys.
 """
 
@@ -18,8 +18,149 @@ from typing import Any
 
 import yaml
 
-from fastgpt.data import DataConfig
-from fastgpt.model import GPTConfig
+from fastgpt.nn.mlp import ACTIVATIONS, FFN_TYPES
+from fastgpt.nn.norm import NORMS
+from fastgpt.ops._backend import CHOICES as BACKENDS
+from fastgpt.presets import preset_fields
+
+POS_ENCODINGS = ("learned", "sincos", "rope", "none")
+INITS = ("gpt2", "xavier", "kaiming", "none")
+INIT_MODES = ("fan_in", "fan_out")
+INIT_NONLINEARITIES = ("relu", "leaky_relu", "linear", "tanh", "sigmoid")
+# upper bounds checked before anything is allocated: far beyond any model or run this package trains,
+# well below sizes that overflow 32-bit indexing or loop for days (the run's memory is checked later,
+# against the machine, by fastgpt.train.preflight)
+MODEL_LIMITS = {"vocab_size": 1 << 24, "block_size": 1 << 20, "n_layer": 1024, "n_head": 1 << 12,
+                "n_kv_head": 1 << 12, "n_embd": 1 << 16, "ffn_dim": 1 << 18}
+TRAIN_LIMITS = {"batch_size": 1 << 20, "grad_accum_steps": 1 << 20, "eval_iters": 100_000,
+                "max_iters": 1 << 40, "sample_tokens": 1 << 20}
+MAX_SPECIAL_TOKEN_WEIGHT = 1000.0
+MAX_WORKERS = 1024
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304  # GPT-2's 50257 rounded up to a multiple of 64
+    block_size: int = 1024  # longest sequence (context length)
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None = n_head; fewer = grouped-query (1 = multi-query)
+    n_embd: int = 768
+    ffn_dim: int | None = None  # feed-forward hidden size; None = 4 * n_embd
+    ffn_type: str = "gelu_mlp"  # gelu_mlp | swiglu (gated; its activation is `activation`)
+    activation: str = "gelu"  # gelu | gelu_tanh | relu | leakyrelu | tanh | sigmoid | silu | none
+    norm: str = "layer_norm"  # layer_norm | rms_norm | none
+    norm_eps: float = 1e-5
+    lm_head_norm: bool = True  # final norm before the language-model head
+    pos_encoding: str = "learned"  # learned | sincos | rope | none
+    rope_theta: float = 10000.0
+    bias: bool = True  # biases in Linear layers and LayerNorms
+    dropout: float = 0.0  # residual dropout after attention and feed-forward
+    attn_dropout: float = 0.0  # dropout on attention probabilities (runs SDPA while training)
+    embedding_dropout: float = 0.0
+    lm_head_dropout: float = 0.0  # dropout on the final hidden state before the head
+    causal: bool = True  # False = bidirectional attention
+    tie_embeddings: bool = True  # lm_head shares the token embedding matrix
+    tie_ffn_across_layers: bool = False  # every block uses one feed-forward module
+    tie_attn_proj_across_layers: bool = False  # every block uses one set of attention projections
+    init: str = "gpt2"  # gpt2 | xavier | kaiming | none (PyTorch's defaults)
+    init_gain: float = 1.0  # scales the init's std (gpt2: 0.02 * gain) or gain (xavier)
+    init_mode: str = "fan_in"  # kaiming: fan_in | fan_out
+    init_nonlinearity: str = "relu"  # kaiming: relu | leaky_relu | linear | tanh | sigmoid
+    attn_backend: str = "auto"  # auto | torch | triton | cuda
+    norm_backend: str = "auto"  # auto | torch | triton | cuda
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.ffn_dim is None:
+            self.ffn_dim = 4 * self.n_embd
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range or inconsistent."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "ffn_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+            _at_most(f"model.{name}", value, MODEL_LIMITS[name])
+        if not isinstance(self.init_gain, int | float) or not 0 < self.init_gain < math.inf:
+            raise ValueError(f"model.init_gain must be a positive finite number, got {self.init_gain!r}")
+        choices = {
+            "ffn_type": FFN_TYPES, "activation": tuple(ACTIVATIONS), "norm": NORMS,
+            "pos_encoding": POS_ENCODINGS, "init": INITS, "init_mode": INIT_MODES,
+            "init_nonlinearity": INIT_NONLINEARITIES, "attn_backend": BACKENDS, "norm_backend": BACKENDS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("dropout", "attn_dropout", "embedding_dropout", "lm_head_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"model.n_head={self.n_head} must be divisible by model.n_kv_head={self.n_kv_head}")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(f"model.pos_encoding='rope' needs an even head dim; n_embd/n_head = {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+DATA_MODES = ("random", "epoch", "padded")  # how fastgpt.data.loader cuts batches
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section of a run config: what to read, how to tokenize it, how to batch it."""
+
+    dataset: str | list[str] = "shakespeare"  # a source (see fastgpt.data.sources), or a list to mix
+    weights: list[float] | None = None  # token share of each source when mixing (normalised)
+    text_column: str = "text"  # field holding the text in jsonl/json/csv/parquet/hub data
+    tokenizer: str = "char"  # char | byte | gpt2 | cl100k_base | ... | bpe | tokenizer.json | hub id
+    vocab_size: int | None = None  # bpe vocabulary size (default 4096)
+    simplify: bool = False  # bpe: split digits, drop rare non-Latin characters from training text
+    val_fraction: float = 0.1  # the last fraction of each source's tokens is validation data
+    sample_ratio: float = 1.0  # use this fraction of the documents (seeded choice, order kept)
+    cache_dir: str = "data_cache"  # prepared data goes to <cache_dir>/<name>-<hash>/
+    mode: str = "random"  # random windows | epoch (shuffled disjoint windows) | padded (a doc per row)
+    special_token_weight: float = 1.0  # loss weight of targets that are special tokens (eot)
+    num_workers: int = 0  # tokenizer threads during preparation (0 = one per core)
+    seed: int = 1337  # document sampling, mixing and batch order
+
+    def __post_init__(self) -> None:
+        sources = self.sources
+        if not sources or not all(isinstance(s, str) and s for s in sources):
+            raise ValueError(f"data.dataset must be a non-empty name or list of names, got {self.dataset!r}")
+        if self.weights is not None and (len(self.weights) != len(sources) or not all(w > 0 for w in self.weights)):
+            raise ValueError(
+                f"data.weights must be {len(sources)} positive numbers (one per dataset), got {self.weights}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.sample_ratio <= 1:
+            raise ValueError(f"data.sample_ratio must be in (0, 1], got {self.sample_ratio}")
+        if self.mode not in DATA_MODES:
+            raise ValueError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {self.mode!r}")
+        if self.special_token_weight < 0:
+            raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
+        _at_most("data.special_token_weight", self.special_token_weight, MAX_SPECIAL_TOKEN_WEIGHT)
+        _at_most("data.num_workers", self.num_workers, MAX_WORKERS)
+        if self.num_workers < 0 or self.seed < 0:
+            raise ValueError(f"data.num_workers and data.seed must be >= 0, got {self.num_workers}, {self.seed}")
+        if self.vocab_size is not None and self.vocab_size < 258:
+            raise ValueError(f"data.vocab_size must be at least 258 (256 bytes + eot + pad), got {self.vocab_size}")
+        if self.vocab_size is not None:
+            _at_most("data.vocab_size", self.vocab_size, MODEL_LIMITS["vocab_size"])
+
+    @property
+    def sources(self) -> list[str]:
+        """``dataset`` as a list."""
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
 @dataclass
@@ -41,12 +182,15 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     sample_tokens: int = 200  # tokens of text sampled at the end of training (0 = none)
     init_from: str = "scratch"  # scratch | hf:PATH_OR_HUB_ID (a Hugging Face GPT-2 or Llama; sets model.*)
+    overwrite: bool = False  # a new run may replace the run already in out_dir (else it is refused)
 
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
             _positive(f"train.{name}", getattr(self, name))
+        for name, limit in TRAIN_LIMITS.items():
+            _at_most(f"train.{name}", getattr(self, name), limit)
         if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
             raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
         if self.init_from != "scratch" and not (self.init_from.startswith("hf:") and len(self.init_from) > 3):
@@ -77,6 +221,9 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be positive and optim.min_lr >= 0 (got {self.lr!r}, {self.min_lr!r})")
         if self.warmup_iters < 0:
             raise ValueError(f"optim.warmup_iters must be >= 0, got {self.warmup_iters!r}")
+        _positive("optim.step_size", self.step_size)
+        if not self.gamma > 0:
+            raise ValueError(f"optim.gamma must be positive, got {self.gamma!r}")
 
 
 @dataclass
@@ -115,11 +262,14 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read a YAML config (else ``base``, else the defaults), apply ``section.key=value`` overrides, validate."""
     raw: dict[str, dict[str, Any]] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    elif base is not None:
+        raw = {section: dict(values) for section, values in base.items()}
     for item in overrides or []:
         section, key, value = parse_override(item)
         if raw.get(section) is None:
@@ -144,12 +294,7 @@ def build_config(raw: dict[str, Any]) -> Config:
                              f"got {type(values).__name__}")
         values = dict(values)
         if name == "model" and "preset" in values:
-            from fastgpt.presets import PRESETS, preset_config
-
-            preset = values.pop("preset")
-            if preset not in PRESETS:
-                preset_config(str(preset))  # raises the unknown-preset error
-            values = {**PRESETS[preset], **values}
+            values = {**preset_fields(str(values.pop("preset"))), **values}
         sections[name] = _make(cls, name, values)
     return Config(**sections)
 
@@ -250,6 +395,11 @@ def _near(key: str, valid: typing.Iterable[str], section: str | None = None) -> 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_most(name: str, value: float, limit: float) -> None:
+    if value > limit:
+        raise ValueError(f"{name}={value!r} is beyond the limit of {limit:,}")
 
 
 def _positive(name: str, value: int) -> None:

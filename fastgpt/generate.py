@@ -8,6 +8,7 @@ streams each sample to stdout.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 
@@ -15,14 +16,19 @@ import torch
 from torch import Tensor
 
 from fastgpt.model import GPT
+from fastgpt.train.distributed import resolve_device
+
+MIN_TEMPERATURE = 1e-6  # below it sampling is the argmax (and dividing by it would overflow float32)
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 greedy: bool, generator: torch.Generator | None) -> Tensor:
     """Pick the next token from logits (B, vocab) -> (B, 1)."""
-    if greedy or temperature == 0:
+    if greedy or temperature < MIN_TEMPERATURE:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    # the best token at 0 before dividing: a tiny temperature then gives -inf, never inf - inf = nan
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -31,6 +37,7 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens ranked above it already hold top_p of the mass
         drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range drops all)
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
@@ -66,7 +73,7 @@ def generate(
     cache = None
     for _ in range(max_new_tokens):
         window = tokens[-block:]
-        if use_cache and cache is not None and cache.pos < block:
+        if use_cache and cache is not None and cache[0].pos < block:
             feed = torch.tensor([tokens[-1:]], device=device)
         else:
             cache = model.new_cache(batch=1) if use_cache else None
@@ -92,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context every step")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="also read a checkpoint of DCP shards only (train.parallel=fsdp), whose pickled metadata "
+                        "can run code: only for runs of your own")
     return p
 
 
@@ -113,14 +123,15 @@ def stream_text(tokenizer, ids: Iterator[int], out=sys.stdout) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.max_new_tokens < 0 or args.num_samples < 1 or args.temperature < 0:
-        raise ValueError("--max_new_tokens must be >= 0, --num_samples >= 1 and --temperature >= 0")
+    if args.max_new_tokens < 0 or args.num_samples < 1 or not 0 <= args.temperature < math.inf:
+        raise ValueError(f"--max_new_tokens must be >= 0, --num_samples >= 1 and --temperature a finite number "
+                         f">= 0 (got {args.max_new_tokens}, {args.num_samples}, {args.temperature})")
     if args.top_k is not None and args.top_k < 1 or args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError("--top_k must be >= 1 and --top_p in (0, 1]")
-    from fastgpt.checkpoint import load
+        raise ValueError(f"--top_k must be >= 1 and --top_p in (0, 1] (got {args.top_k}, {args.top_p})")
+    from fastgpt.train.checkpoint import load
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tokenizer = load(args.checkpoint, device=device)
+    device = resolve_device(args.device, "--device")
+    model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
     prompt_ids = tokenizer.encode(args.prompt)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for i in range(args.num_samples):
@@ -136,6 +147,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastgpt.cli import run
+    from fastgpt.__main__ import run
 
     run(main)

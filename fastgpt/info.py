@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import platform
 
@@ -54,9 +55,14 @@ def _autotune_lines(device: torch.device) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    about = "Print versions, devices, and which op backends are usable (and why not)."
+    argparse.ArgumentParser(prog="python -m fastgpt info", description=about).parse_args(argv)
     print(report())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from fastgpt.__main__ import run
+
+    run(main)

@@ -1,4 +1,4 @@
-"""Named model configurations (``GPT.from_preset``); mirrored as YAML in ``configs/presets/``.
+"""Named model configurations: ``GPT.from_preset(name)``, or ``model.preset=NAME`` in a run config.
 
 The GPT-2 presets match Hugging Face's ``gpt2*`` checkpoints exactly (same shapes and parameter
 counts, tanh-approximated GELU), so their weights load with ``GPT.from_hf``.
@@ -7,8 +7,6 @@ counts, tanh-approximated GELU), so their weights load with ``GPT.from_hf``.
 from __future__ import annotations
 
 import difflib
-
-from fastgpt.model import GPTConfig
 
 _GPT2 = dict(vocab_size=50257, block_size=1024, activation="gelu_tanh", bias=True, tie_embeddings=True)
 
@@ -34,10 +32,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_config(name: str, **overrides: object) -> GPTConfig:
-    """The preset's GPTConfig with ``overrides`` applied; unknown names raise ValueError."""
+def preset_fields(name: str) -> dict:
+    """The preset's GPTConfig fields (a copy); unknown names raise ValueError."""
     if name not in PRESETS:
         near = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise ValueError(f"unknown preset {name!r}{hint}; available: {', '.join(PRESETS)}")
-    return GPTConfig(**{**PRESETS[name], **overrides})
+    return dict(PRESETS[name])

@@ -294,7 +294,15 @@ def _load_hf_file(path: Path, name: str) -> HFTokenizer:
     file = path / HF_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"tokenizer {name!r}: {file} does not exist")
-    return HFTokenizer(HFTok.from_file(str(file)), name)
+    return HFTokenizer(_read_hf_json(file, f"tokenizer {name!r}"), name)
+
+
+def _read_hf_json(file: Path, what: str) -> HFTok:
+    try:
+        return HFTok.from_file(str(file))
+    except Exception as exc:  # the tokenizers library raises its own Exception type
+        reason = " ".join(str(exc).split())[:160]
+        raise ValueError(f"{what}: {file} is not a readable tokenizer.json ({reason})") from None
 
 
 def _load_hub(name: str) -> HFTokenizer:
@@ -313,6 +321,22 @@ def _load_hub(name: str) -> HFTokenizer:
 def _valid_names() -> str:
     names = ["char", "byte", *TIKTOKEN_NAMES, "bpe", *HUB_ALIASES]
     return ", ".join(names) + ", a path to a tokenizer.json (or its folder), or a hub id 'owner/name'"
+
+
+def path_exists(name: str) -> bool:
+    """``Path(name).exists()``, False for names no file can have (too long, an unknown ~user)."""
+    try:
+        return Path(name).expanduser().exists()
+    except (OSError, RuntimeError):  # a name too long for a file name; an unknown ~user
+        return False
+
+
+def is_tokenizer_path(name: str) -> bool:
+    """True when ``build_tokenizer`` reads ``name`` as a local tokenizer.json (or its folder)."""
+    if name in ("char", "bpe", "byte", *TIKTOKEN_NAMES):
+        return False
+    return (path_exists(name) or name.endswith(".json") or name.startswith((".", "/", "~"))
+            or name.count("/") > 1)
 
 
 def build_tokenizer(
@@ -335,9 +359,8 @@ def build_tokenizer(
         return ByteTokenizer()
     if name in TIKTOKEN_NAMES:
         return TiktokenTokenizer(name)
-    path = Path(name).expanduser()
-    if path.exists() or name.endswith(".json") or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        return _load_hf_file(path, name)
+    if is_tokenizer_path(name):
+        return _load_hf_file(Path(name).expanduser(), name)
     if name in HUB_ALIASES or name.count("/") == 1:
         return _load_hub(name)
     raise ValueError(f"unknown tokenizer {name!r}; valid: {_valid_names()}")
@@ -349,15 +372,27 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"no saved tokenizer in {directory}: {META_FILE} is missing")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        return _from_meta(meta, directory)
+    except (KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not a tokenizer description fastgpt wrote ({type(exc).__name__}: "
+                         f"{str(exc)[:120]})") from None
+    except ValueError as exc:  # a JSON error, or one of ours
+        raise ValueError(f"{meta_path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _from_meta(meta: dict, directory: Path) -> Tokenizer:
     kind = meta.get("kind")
     if kind == "char":
+        if not isinstance(meta["chars"], str) or not isinstance(meta["name"], str):
+            raise TypeError("chars and name must be strings")
         return CharTokenizer(meta["chars"], meta["name"])
     if kind == "byte":
         return ByteTokenizer()
     if kind == "tiktoken":
-        return TiktokenTokenizer(meta["name"])
+        return TiktokenTokenizer(str(meta["name"]))
     if kind == "hf":
-        tok = HFTok.from_file(str(directory / HF_FILE))
-        return HFTokenizer(tok, meta["name"], meta["eot"], meta["bos"], meta["pad"])
-    raise ValueError(f"{meta_path} has kind {kind!r}; expected one of char, byte, tiktoken, hf")
+        tok = _read_hf_json(directory / HF_FILE, "saved tokenizer")
+        return HFTokenizer(tok, str(meta["name"]), meta["eot"], meta["bos"], meta["pad"])
+    raise ValueError(f"kind {kind!r}; expected one of char, byte, tiktoken, hf")

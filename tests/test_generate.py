@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from fastgpt import GPT, GPTConfig
-from fastgpt.checkpoint import save_checkpoint
 from fastgpt.generate import generate, sample_next
 from fastgpt.tokenizers import build_tokenizer
+from fastgpt.train.checkpoint import save_checkpoint
 
 TEXT = "to be or not to be, that is the question\n"
 
 
-@pytest.mark.parametrize("opts", [{}, {"pos_encoding": "rope", "n_kv_head": 1, "norm": "rms_norm"}])
+@pytest.mark.parametrize("opts", [{}, {"pos_encoding": "rope", "n_kv_head": 1, "norm": "rms_norm"},
+                                  {"tie_attn_proj_across_layers": True, "pos_encoding": "sincos"}])
 def test_kv_cache_gives_identical_tokens_past_block_size(opts: dict) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16, **opts)).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -154,8 +155,10 @@ def test_tiny_model_overfits_one_batch() -> None:
     assert loss.item() < 0.1
 
 
-@pytest.mark.parametrize("opts", [{}, {"pos_encoding": "rope", "n_kv_head": 2}, {"pos_encoding": "sincos"}])
+@pytest.mark.parametrize("opts", [{}, {"pos_encoding": "rope", "n_kv_head": 2}, {"pos_encoding": "sincos"},
+                                  {"tie_attn_proj_across_layers": True, "pos_encoding": "rope"}])
 def test_kv_cache_matches_full_forward(opts: dict) -> None:
+    """One KV cache per block, also when the blocks share one tied attention module."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY, **opts)).eval()
     idx = torch.randint(0, 61, (2, 10))
@@ -164,7 +167,7 @@ def test_kv_cache_matches_full_forward(opts: dict) -> None:
     prefix, _ = model(idx[:, :6], cache=cache)
     steps = [model(idx[:, t : t + 1], cache=cache)[0] for t in range(6, 10)]
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
-    assert cache.pos == 10
+    assert len(cache) == 2 and all(c.pos == 10 for c in cache)
 
 
 def test_sequence_longer_than_block_size_is_refused() -> None:
@@ -216,3 +219,25 @@ def test_compiled_model_has_no_graph_breaks_and_matches_eager(opts: dict) -> Non
         model.zero_grad(set_to_none=True)
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ffn_type", ["gelu_mlp", "swiglu"])
+def test_gpt2_init_scales_the_residual_projections_by_name(ffn_type: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, ffn_type=ffn_type))
+    shrink = 1 / math.sqrt(2 * 8)
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and name.startswith("blocks."):
+            residual = name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight", "mlp.down.weight"))
+            assert p.std().item() == pytest.approx(0.02 * (shrink if residual else 1.0), rel=0.05), name
+
+
+def test_sublayer_options_are_keyword_only() -> None:
+    from fastgpt.nn import MLP, SelfAttention
+
+    with pytest.raises(TypeError):
+        SelfAttention(64, 4, 4, True, True, 0.1, 0.0, "auto", None)  # swapped dropouts would go unnoticed
+    with pytest.raises(TypeError):
+        MLP(64, 256, "gelu", True, 0.0)
+    attn = SelfAttention(64, 4, n_kv_head=2, attn_dropout=0.1, dropout=0.2)
+    assert (attn.n_kv_head, attn.attn_dropout, attn.resid_dropout.p) == (2, 0.1, 0.2)

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import torch
 
-MODES = ("random", "epoch", "padded")
+from fastgpt.config import DATA_MODES as MODES
+
 RANDOM_CHUNK = 4096  # random mode draws the offsets of this many rows at a time
 REOPEN_EVERY = 256  # batches read through one memory map of the tokens file
 

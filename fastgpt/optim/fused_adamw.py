@@ -1,4 +1,6 @@
-"""``FusedAdamW``: a drop-in for ``torch.optim.AdamW`` whose step is one kernel launch per dtype."""
+"""``FusedAdamW``: a drop-in for ``torch.optim.AdamW`` whose step is one multi-tensor ``fused_adamw_`` call
+per (param group, device, dtype): the Triton backend launches once per call (per parameter and gradient
+dtype pair), the CUDA backend once per 36 tensors or 320 chunks of 64K elements, whichever fills first."""
 
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class FusedAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["amsgrad"]:
                 raise ValueError("FusedAdamW does not support amsgrad=True")
-            # one multi-tensor call per (device, dtype)
+            # one multi-tensor call per (device, dtype) of this group
             buckets: dict[tuple, list[list[Tensor]]] = defaultdict(lambda: [[], [], [], [], []])
             for p in group["params"]:
                 if p.grad is None:

@@ -1,0 +1,213 @@
+"""``python -m fastgpt.eval --checkpoint DIR [--tasks t1,t2] [--data task=FILE ...] [--limit N]
+[--batch_size B] [--output results.json] [--device auto] [--dtype float32]``
+
+Evaluates a checkpoint on validation loss and on multiple-choice benchmarks and prints a table;
+``--output`` also writes the results as JSON, keyed by task.
+
+* ``val_loss``: mean next-token loss and perplexity on the validation split of the checkpoint's
+  own dataset (its config.yaml ``data`` section, prepared or reused like ``fastgpt.train`` does),
+  or on any source the data pipeline reads given as ``--data val_loss=FILE`` (all of it). The
+  tokens are cut into consecutive windows of ``block_size``, so each is predicted once.
+* the benchmarks of ``fastgpt.eval.tasks`` (hellaswag, arc_easy, ..., blimp): ``acc`` and ``acc_norm``
+  by log-likelihood (``fastgpt.eval.mcq``), on the hub data set or a local JSONL file
+  (``--data hellaswag=hellaswag_val.jsonl``).
+
+Without ``--tasks`` it runs the tasks given ``--data`` files, or ``val_loss`` when there are none.
+``--limit N`` takes N questions (val_loss: N windows) spread evenly over each set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fastgpt.data import DataConfig
+from fastgpt.model import GPT
+from fastgpt.tokenizers import Tokenizer
+from fastgpt.train.distributed import resolve_device
+
+VAL_LOSS = "val_loss"
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: GPT, tokens: np.ndarray, batch_size: int = 8, limit: int | None = None, progress: bool = False
+) -> dict[str, float | int]:
+    """``{"loss", "perplexity", "tokens"}`` of the token stream ``tokens`` (N,).
+
+    The stream is cut into consecutive windows of ``block_size`` predictions (the last one
+    shorter); each token after the first is predicted once, from its window's earlier tokens.
+    ``limit`` keeps that many windows, spread evenly.
+    """
+    from fastgpt.eval.tasks import spread
+
+    T = model.config.block_size
+    if len(tokens) < 2:
+        raise ValueError(f"need at least 2 tokens to measure a loss, got {len(tokens)}")
+    starts = [i * T for i in spread(math.ceil((len(tokens) - 1) / T), limit)]
+    device = model.wte.weight.device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for b in tqdm(range(0, len(starts), batch_size), desc=VAL_LOSS, unit="batch", disable=not progress):
+            x = torch.zeros(len(starts[b : b + batch_size]), T, dtype=torch.long)
+            y = torch.full_like(x, -1)  # -1: past the end of the stream, not scored
+            for r, s in enumerate(starts[b : b + batch_size]):
+                window = torch.from_numpy(np.asarray(tokens[s : s + T + 1], dtype=np.int64))
+                x[r, : len(window) - 1], y[r, : len(window) - 1] = window[:-1], window[1:]
+            logits, _ = model(x.to(device))
+            y = y.to(device)
+            total += F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-1, reduction="sum").item()
+            count += int((y >= 0).sum())
+    finally:
+        model.train(was_training)
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None,
+                cache_dir: str | None = None) -> np.ndarray:
+    """The tokens ``val_loss`` scores: ``source`` read whole and encoded by ``tokenizer`` (an eot
+    after each document), or the validation split of the checkpoint's dataset (``confine``d)."""
+    from fastgpt.data import load_documents, prepare_data
+    from fastgpt.train.checkpoint import read_config, resolve_checkpoint
+
+    if source is not None:
+        ids: list[int] = []
+        for doc in tokenizer.encode_batch(load_documents(source)):
+            ids.extend(doc)
+            ids.append(tokenizer.eot_id)
+        return np.asarray(ids, dtype=np.int64)
+    data_cfg = read_config(resolve_checkpoint(checkpoint, "best")).get("data")
+    if not isinstance(data_cfg, dict):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} has no data section; pass --data val_loss=FILE")
+    try:
+        data_config = DataConfig(**data_cfg)
+    except TypeError as exc:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} has an unusable data section ({exc})") from None
+    data = prepare_data(confine(data_config, checkpoint, cache_dir), progress=True)
+    if data.tokenizer.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"the re-prepared dataset's tokenizer ({data.tokenizer.name}, vocab "
+                         f"{data.tokenizer.vocab_size}) differs from the checkpoint's (vocab {tokenizer.vocab_size}); "
+                         "pass --data val_loss=FILE")
+    if data.val_count < 2:
+        raise ValueError(f"the checkpoint's dataset has no validation tokens (data.val_fraction="
+                         f"{data_cfg.get('val_fraction')}); pass --data val_loss=FILE")
+    return data.val_tokens()
+
+
+def confine(cfg: DataConfig, checkpoint: str | Path, cache_dir: str | None) -> DataConfig:
+    """The checkpoint's data section, kept to the folders the user named: its local dataset and
+    tokenizer files must lie inside the current folder (else ValueError), and it prepares into
+    ``cache_dir`` when given, else into its own cache_dir if inside the current folder, else into
+    the default ``data_cache`` here."""
+    from fastgpt.data.sources import looks_like_path
+    from fastgpt.tokenizers import is_tokenizer_path
+
+    here = Path.cwd().resolve()
+    named = [("data.dataset", s) for s in cfg.sources if looks_like_path(s) or Path(s).expanduser().exists()]
+    if is_tokenizer_path(cfg.tokenizer):
+        named.append(("data.tokenizer", cfg.tokenizer))
+    for key, value in named:
+        if not Path(value).expanduser().resolve().is_relative_to(here):
+            raise ValueError(f"checkpoint {str(checkpoint)!r} names {key}={value[:120]!r}, outside the current folder "
+                             f"{str(here)!r}; eval reads no file a checkpoint names outside it: run it from a folder "
+                             "holding that file, or pass --data val_loss=FILE")
+    if cache_dir is None:
+        inside = Path(cfg.cache_dir).expanduser().resolve().is_relative_to(here)
+        cache_dir = cfg.cache_dir if inside else DataConfig().cache_dir
+    return replace(cfg, cache_dir=cache_dir)
+
+
+def parse_data(entries: list[str]) -> dict[str, str]:
+    """``["hellaswag=path.jsonl", ...]`` -> ``{"hellaswag": "path.jsonl"}``; task names are checked."""
+    from fastgpt.eval.tasks import TASKS
+
+    data = {}
+    for entry in entries:
+        task, sep, path = entry.partition("=")
+        if not sep or not task or not path:
+            raise ValueError(f"--data {entry!r} must look like task=path (e.g. hellaswag=hellaswag_val.jsonl)")
+        if task != VAL_LOSS and task not in TASKS:
+            raise ValueError(f"unknown task {task!r} in --data; tasks: {', '.join([VAL_LOSS, *TASKS])}")
+        data[task] = path
+    return data
+
+
+def format_table(results: dict[str, dict[str, float | int]]) -> str:
+    """One line per task: its metrics and how many questions (or tokens) they cover."""
+    lines = [f"{'task':<16}{'metric':<12}{'value':>10}{'n':>10}"]
+    for task, metrics in results.items():
+        n = metrics.get("n", metrics.get("tokens"))
+        for i, (name, value) in enumerate((k, v) for k, v in metrics.items() if k not in ("n", "tokens")):
+            lines.append(f"{task if i == 0 else '':<16}{name:<12}{value:>10.4f}{n if i == 0 else '':>10}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from fastgpt.eval.tasks import TASKS
+
+    p = argparse.ArgumentParser(prog="python -m fastgpt.eval", description="Evaluate a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
+    p.add_argument("--tasks", help=f"comma-separated: {', '.join([VAL_LOSS, *TASKS])}")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                   help="a local file for a task (repeatable): JSONL for benchmarks, any dataset for val_loss")
+    p.add_argument("--limit", type=int, help="questions per task (val_loss: windows), spread over the set")
+    p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--cache_dir", help="where val_loss prepares the checkpoint's dataset (default: its "
+                                       "data.cache_dir if inside the current folder, else data_cache)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="autocast dtype on CUDA")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="also read a checkpoint of DCP shards only (train.parallel=fsdp), whose pickled metadata "
+                        "can run code: only for runs of your own")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastgpt.eval.mcq import evaluate_mcq
+    from fastgpt.eval.tasks import get_task, load_items
+    from fastgpt.train.checkpoint import load
+
+    args = _parser().parse_args(argv)
+    if args.limit is not None and args.limit < 1 or args.batch_size < 1:
+        raise ValueError(f"--limit and --batch_size must be >= 1, got {args.limit} and {args.batch_size}")
+    if args.output and (Path(args.output).is_dir() or not Path(args.output).parent.is_dir()):
+        what = "is a folder" if Path(args.output).is_dir() else "is in a folder that does not exist"
+        raise ValueError(f"--output {args.output!r} {what}; name a JSON file to write (checked before any task runs)")
+    data = parse_data(args.data)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(data) or [VAL_LOSS]
+    for task in tasks:
+        if task != VAL_LOSS:
+            get_task(task)  # unknown names fail before the model loads
+    device = resolve_device(args.device, "--device")
+    model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
+    dtype = getattr(torch, args.dtype)
+    autocast = (torch.autocast(model.wte.weight.device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    results: dict[str, dict[str, float | int]] = {}
+    for task in tasks:
+        with autocast:
+            if task == VAL_LOSS:
+                tokens = loss_tokens(args.checkpoint, tokenizer, data.get(VAL_LOSS), args.cache_dir)
+                results[task] = evaluate_loss(model, tokens, args.batch_size, args.limit, progress=True)
+            else:
+                items = load_items(task, data.get(task), args.limit)
+                results[task] = evaluate_mcq(model, tokenizer, items, args.batch_size, progress=True, desc=task)
+    print(format_table(results))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+

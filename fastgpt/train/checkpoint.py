@@ -1,0 +1,406 @@
+"""Checkpoints: atomic save, load, ``fastgpt.load``, and sharded (FSDP) checkpoints.
+
+Layout of a run's ``out_dir``::
+
+    ckpt-000500/            one complete checkpoint
+        model.safetensors   weights (tied tensors stored once)
+        config.yaml         the run's full resolved config
+        tokenizer files     whatever the tokenizer's ``save`` writes
+        state.pt            optimizer, scheduler, GradScaler, RNG and data-cursor state, counters
+    ckpt-000600/            a sharded checkpoint (train.parallel=fsdp): the same, except that
+        sharded/            torch.distributed.checkpoint (DCP) files, written by every rank,
+                            hold the weights and optimizer state (no model.safetensors)
+    latest                  text file naming the newest complete checkpoint
+    best                    text file naming the one with the lowest validation loss
+
+A checkpoint is written to a temporary folder, flushed, renamed into place, and only then named
+by the pointer files (replaced atomically), so a crash or ``kill -9`` at any moment leaves the
+previous checkpoint loadable. Older checkpoints are deleted once the pointers moved on.
+
+DCP reshards on load, so a sharded checkpoint resumes on any number of ranks (one process too),
+``load`` reads it like any other, and ``to_single_file`` (``python -m fastgpt convert``)
+turns it into the single-file form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_model
+
+from fastgpt.config import GPTConfig
+from fastgpt.model import GPT
+from fastgpt.tokenizers import Tokenizer, load_tokenizer
+from fastgpt.train import run_dir
+from fastgpt.train.preflight import check_weights_fit
+
+POINTERS = ("latest", "best")
+SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
+RACE_RETRIES = 20  # resolve a run's pointer again when the checkpoint it named was pruned during the read
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model or config asked of it."""
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: torch.nn.Module | None,
+    tokenizer: Tokenizer,
+    config: dict[str, Any],
+    state: dict[str, Any],
+    best: bool = False,
+    staged: Path | None = None,
+) -> Path:
+    """Write ``ckpt-{step}`` atomically, point ``latest`` (and ``best`` if asked) at it, prune.
+
+    ``staged`` is a ``staging_dir`` the ranks already wrote their shards into (``model`` is then None).
+    Raises OSError (disk full, ...: whatever the writer's own error type) with the old checkpoint
+    untouched. A step is saved once: saving
+    it again would replace a folder a pointer may name.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{step:06d}"
+    tmp = staged or Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
+    try:
+        write_files(tmp, model, tokenizer, config, state)
+        final = out / name
+        if final.exists():  # left by a save that died before moving the pointers
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, torch.save's RuntimeError: not OSErrors
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failure(exc, out) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_pointer(out, "latest", name)
+    if best or not (out / "best").exists():
+        _write_pointer(out, "best", name)
+    _prune(out)
+    return final
+
+
+def staging_dir(out_dir: str | Path, step: int) -> Path:
+    """The temporary folder every rank writes ``ckpt-{step}``'s shards into (the same name on all)."""
+    return Path(out_dir) / f".ckpt-{step:06d}-staged"
+
+
+def write_files(
+    folder: Path, model: torch.nn.Module | None, tokenizer: Tokenizer, config: dict[str, Any],
+    state: dict[str, Any] | None,
+) -> None:
+    """Weights (unless ``model`` is None), config, tokenizer and state (unless None), flushed to disk."""
+    if model is not None:
+        save_model(model, str(folder / "model.safetensors"))
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    tokenizer.save(folder)
+    if state is not None:
+        torch.save(state, folder / "state.pt")
+    _fsync_tree(folder)
+
+
+def save_shards(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, no_dist: bool) -> None:
+    """Every rank writes its shards of the weights and optimizer state to ``folder/sharded`` (DCP).
+
+    A failed write on any rank raises OSError on every rank (the first failing rank's, if an OSError).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    try:
+        with _quiet_dcp():
+            dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=folder / SHARDS, no_dist=no_dist)
+    except dcp.CheckpointException as exc:  # a BaseException holding every failed rank's error
+        failure = _failure(exc)
+        raise failure if isinstance(failure, OSError) else OSError(_first_line(failure)) from None
+
+
+def load_shards(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, no_dist: bool) -> None:
+    """Load a sharded checkpoint's weights and optimizer state into ``model`` (sharded or not)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    try:
+        with _quiet_dcp():
+            dcp.load({"model": weights, "optimizer": optim}, checkpoint_id=ckpt / SHARDS, no_dist=no_dist)
+    except (Exception, dcp.CheckpointException) as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable shards: {_first_line(_failure(exc))}") from None
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim)
+
+
+def is_sharded(ckpt: Path) -> bool:
+    """True for a checkpoint folder whose weights are DCP shards only. Beside a model.safetensors a
+    ``sharded/`` folder is never read: its ``.metadata`` is a pickle, and unpickling can run code."""
+    return (ckpt / SHARDS / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
+
+
+def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) -> Path:
+    """Write the checkpoint ``src`` (a run's out_dir: its ``latest``) as one folder ``out`` that holds
+    ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming.
+
+    Converting one's own sharded run is what this is for, so DCP's pickled ``.metadata`` is read
+    (``allow_pickle``); beside a model.safetensors it never is (``is_sharded``)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {str(out)!r} exists and is not empty; name a new folder")
+    ckpt = resolve_checkpoint(src, "latest")
+    model, tokenizer = load(ckpt, allow_pickle=allow_pickle)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write_files(tmp, model, tokenizer, read_config(ckpt), None)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """The checkpoint folder for ``path``: itself, or what its ``which`` pointer names.
+
+    A pointer may only name a ``ckpt-NNNNNN`` folder inside ``path`` (``fastgpt.train.run_dir``). When it
+    is missing or names no complete checkpoint (a run killed between renaming ``ckpt-N`` into place
+    and writing the pointer), ``best`` falls back to ``latest``, and ``latest`` to the newest complete
+    checkpoint; a pointer naming anything else (``../x``, ``/abs``, a symlink out) is refused.
+    ``which`` may also name a checkpoint of the run (``ckpt-000500``).
+    """
+    path = Path(path)
+    if _complete(path):
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if which not in POINTERS:
+        named = run_dir.inside(path, which)
+        if named is None or not _complete(named):
+            have = ", ".join(c.name for c in run_dir.checkpoints(path) if _complete(c)) or "none"
+            raise CheckpointError(f"{str(path)!r} has no complete checkpoint {which!r} (it has: {have}); "
+                                  f"name one of them, or {' or '.join(POINTERS)}")
+        return named
+    for pointer in (which, "latest") if which == "best" else (which,):
+        try:
+            target = run_dir.pointed(path, pointer)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        if target is not None and _complete(target):
+            return target
+    complete = [c for c in run_dir.checkpoints(path) if _complete(c)]
+    if complete:
+        return complete[-1]
+    raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors, and no complete "
+                          f"ckpt-NNNNNN folder for its {which!r} pointer or beside it)")
+
+
+def read_config(ckpt: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load((ckpt / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no readable config.yaml: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has a config.yaml without a model section")
+    return config
+
+
+def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``model.safetensors`` (or ``weights`` read from it) into ``model``; a shape or key mismatch
+    raises CheckpointError. Tied tensors are stored once; the names they share are not missing."""
+    if weights is None:
+        weights = read_weights(ckpt)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} does not fit this model: {first}") from None
+    present = {t.data_ptr() for k, t in model.state_dict().items() if k in weights}
+    missing = [k for k in missing if model.state_dict()[k].data_ptr() not in present]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt)!r} does not fit this model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+
+
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``ckpt/model.safetensors``, read into memory."""
+    try:
+        return load_file(str(ckpt / "model.safetensors"))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable weights: {exc}") from None
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    if not (ckpt / "state.pt").exists():
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no state.pt: it holds weights only "
+                              "(for fastgpt.load) and cannot be resumed")
+    try:  # weights_only: tensors, numbers, strings and containers only; a pickled object is refused, not run
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has an unreadable state.pt: {_first_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has a state.pt holding a {type(state).__name__}, not a dict")
+    return state
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", which: str = "best",
+         allow_pickle: bool = False) -> tuple[GPT, Tokenizer]:
+    """``(model, tokenizer)`` from a checkpoint folder or a run's out_dir (its ``which`` pointer).
+
+    The model is in eval mode on ``device``. A checkpoint holding only DCP shards (``train.parallel=
+    fsdp``) is refused unless ``allow_pickle``: DCP's ``.metadata`` is a pickle, which can run code,
+    so only a run of your own should be read that way (or converted: ``python -m fastgpt convert``).
+    A checkpoint pruned by a run training into ``path`` while it is read is resolved again.
+    """
+    ckpt = resolve_checkpoint(path, which)
+    for _ in range(RACE_RETRIES):
+        try:
+            return _load(ckpt, device, allow_pickle)
+        except (CheckpointError, OSError):
+            now = resolve_checkpoint(path, which)
+            if now == ckpt:  # still the checkpoint the run names: a real failure, not a pruned one
+                raise
+            ckpt = now
+    return _load(ckpt, device, allow_pickle)
+
+
+def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[GPT, Tokenizer]:
+    if is_sharded(ckpt) and not allow_pickle:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} holds DCP shards only, whose .metadata is a pickle that "
+                              "can run code; if it is your own run, convert it with python -m "
+                              "fastgpt convert, or load it with allow_pickle=True (--allow_pickle)")
+    # every file is read before the (slow) model is built: a run pruning this checkpoint can only
+    # interrupt these reads, and ``load`` then follows the run's pointer to the newer one
+    config = read_config(ckpt)
+    try:
+        tokenizer = load_tokenizer(ckpt)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
+    weights = None if is_sharded(ckpt) else read_weights(ckpt)
+    try:
+        model_config = GPTConfig(**config["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has an invalid model config: {exc}") from None
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: its tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} "
+                              f"tokens but the model only {model_config.vocab_size}; they do not belong together")
+    check_weights_fit(model_config, torch.device(device), f"checkpoint {str(ckpt)!r}")
+    try:
+        with torch.device(device):
+            model = GPT(model_config)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a field of a type validate() does not check
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has a model config that builds no model: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+    if weights is None:
+        _load_sharded_weights(model, ckpt)
+    else:
+        load_weights(model, ckpt, weights)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_sharded_weights(model: GPT, ckpt: Path) -> None:
+    """The weights of a sharded checkpoint, gathered into ``model`` in this process alone."""
+    import torch.distributed.checkpoint as dcp
+
+    weights = model.state_dict()  # DCP loads into these tensors, which are the parameters
+    try:
+        with _quiet_dcp():
+            dcp.load({"model": weights}, checkpoint_id=ckpt / SHARDS, no_dist=True)
+    except (Exception, dcp.CheckpointException) as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable shards or does not fit this model: "
+                              f"{_first_line(_failure(exc))}") from None
+
+
+@contextlib.contextmanager
+def _quiet_dcp() -> Iterator[None]:
+    """Silence DCP's warning that it runs in one process (meant here), and the tracebacks it logs on
+    the root logger before it raises an error we report ourselves."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is .*unavailable or uninitialized")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() or is_sharded(folder)
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """The first failed rank's error inside DCP's CheckpointException (else ``exc`` itself)."""
+    failures = getattr(exc, "failures", None)
+    return next(iter(failures.values()))[0] if failures else exc
+
+
+def _write_failure(exc: Exception, folder: Path) -> OSError:
+    """``exc`` (a writer's own error type) as an OSError: ENOSPC when the disk under ``folder`` is full."""
+    try:
+        full = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize < 1 << 20
+    except OSError:
+        full = False
+    if full or "No space left" in str(exc) or "code: 28" in str(exc):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return OSError(f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _write_pointer(out: Path, which: str, name: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{which}-", dir=out)
+    with os.fdopen(fd, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / which)
+
+
+def _prune(out: Path) -> None:
+    """Delete checkpoints no pointer names, and what interrupted saves left (temporary folders, pointers)."""
+    keep = set()
+    for pointer in POINTERS:
+        try:
+            target = run_dir.pointed(out, pointer)
+        except ValueError:  # a pointer this run did not write: prune nothing
+            return
+        keep |= {target.name} if target is not None else set()
+    for entry in out.iterdir():
+        stale_ckpt = entry.name.startswith("ckpt-") and entry.name not in keep
+        if entry.is_dir() and (stale_ckpt or entry.name.startswith(".ckpt-")):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file() and entry.name.startswith(tuple(f".{p}-" for p in POINTERS)):
+            entry.unlink(missing_ok=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file under ``path`` and the folders themselves to disk."""
+    for entry in [*path.rglob("*"), path]:
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

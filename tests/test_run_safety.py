@@ -1,0 +1,235 @@
+"""No run is lost or damaged: an occupied out_dir, two runs at once, readers racing a run, kill -9
+between a checkpoint and its pointer, a really full disk (a small tmpfs), a diverging run.
+
+Everything goes through ``python -m fastgpt.train`` / ``fastgpt.load`` with real processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fastgpt
+from fastgpt.model import GPT
+from fastgpt.train import cli as train_mod
+from fastgpt.train.checkpoint import load_state, resolve_checkpoint
+
+TINY = [
+    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
+    "train.eval_iters=1", "train.log_interval=1", "train.sample_tokens=0", "train.device=cpu",
+    "optim.warmup_iters=1", "optim.lr=0.01",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
+    path = tmp_path_factory.mktemp("safety") / "corpus.txt"
+    path.write_text("\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(300)))
+    return path
+
+
+def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.dataset={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"train.out_dir={out}",
+            *extra]  # fmt: skip
+
+
+def _train(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastgpt.train", *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error:") for line in lines) == 1
+    return lines[-1]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its content hash (a changed, added or removed file shows)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(corpus: Path) -> Path:
+    out = corpus.parent / "finished"
+    train_mod.main(_args(corpus, out, "train.max_iters=4", "train.eval_interval=2"))
+    return out
+
+
+def test_a_new_run_into_an_occupied_folder_is_refused(finished: Path, corpus: Path) -> None:
+    before = _snapshot(finished)
+    line = _one_error_line(_train(*_args(corpus, finished, "train.max_iters=2")))
+    assert "holds a run" in line and "--resume" in line and "train.overwrite=true" in line
+    # overwrite asked, but the run fails before its first step (an unknown tokenizer file): still untouched
+    proc = _train(*_args(corpus, finished, "train.overwrite=true", "data.tokenizer=./missing/tokenizer.json"))
+    _one_error_line(proc)
+    assert _snapshot(finished) == before
+
+
+def test_overwrite_replaces_only_once_a_step_went_through(finished: Path, corpus: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _snapshot(out)
+    forward = GPT.forward
+
+    def failing_backward(self: GPT, idx, targets=None, loss_weights=None, cache=None):  # the first step dies
+        if self.training:
+            raise ValueError("this backend cannot run here")
+        return forward(self, idx, targets, loss_weights, cache)
+
+    monkeypatch.setattr(GPT, "forward", failing_backward)
+    with pytest.raises(ValueError, match="cannot run here"):
+        train_mod.main(_args(corpus, out, "train.overwrite=true", "train.max_iters=2"))
+    assert _snapshot(out) == before  # the iter-0 eval ran, yet metrics.jsonl and config.yaml are the old run's
+    monkeypatch.setattr(GPT, "forward", forward)
+    train_mod.main(_args(corpus, out, "train.overwrite=true", "train.max_iters=2", "train.eval_interval=1"))
+    assert [p.name for p in out.glob("ckpt-*")] == ["ckpt-000002"]
+
+
+def test_a_second_run_refuses_at_once_and_a_dead_runs_lock_is_taken(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _args(corpus, out, "train.max_iters=100000", "train.eval_interval=5", "train.ckpt_interval=5")
+    first = subprocess.Popen([sys.executable, "-m", "fastgpt.train", *args], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        for line in first.stderr:
+            if line.startswith("iter 5:"):
+                break
+        start = time.monotonic()
+        second = _train("--resume", *args)
+        assert f"in use by another training run (pid {first.pid}" in _one_error_line(second)
+        assert time.monotonic() - start < 60  # refused at start-up, not after preparing anything
+        third = _train(*_args(corpus, out, "train.overwrite=true", "train.max_iters=2"))
+        assert f"pid {first.pid}" in _one_error_line(third)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (out / ".lock").exists()  # left by the killed run: its lock dies with it
+    resumed = _train("--resume", *_args(corpus, out, "train.max_iters=12", "train.eval_interval=6"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not (out / ".lock").exists()
+
+
+def test_readers_never_fail_while_a_run_saves_and_prunes(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _args(corpus, out, "train.max_iters=60", "train.eval_interval=1000", "train.ckpt_interval=1")
+    trainer = subprocess.Popen([sys.executable, "-m", "fastgpt.train", *args], stderr=subprocess.PIPE, text=True)
+    loads = failures = 0
+    try:
+        while trainer.poll() is None:
+            if not any(out.glob("ckpt-*")):
+                time.sleep(0.05)
+                continue
+            for which in ("latest", "best"):
+                try:
+                    fastgpt.load(str(out), which=which)
+                except Exception as exc:  # noqa: BLE001 - counting every failure is the point
+                    failures += 1
+                    print(f"load failed: {type(exc).__name__}: {exc}")
+                loads += 1
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert loads >= 20 and failures == 0, (loads, failures)
+
+
+KILL_AT_FIRST_POINTER = """
+import os, signal
+from fastgpt.__main__ import run
+from fastgpt.train import checkpoint, cli as train
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # ckpt-000002 is renamed into place; no pointer written yet
+
+checkpoint._write_pointer = die
+run(train.main)
+"""
+
+
+def test_killed_before_the_first_pointer_falls_back_to_the_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "killer.py").write_text(KILL_AT_FIRST_POINTER)
+    out = tmp_path / "out"
+    args = _args(corpus, out, "train.max_iters=4", "train.ckpt_interval=2", "train.eval_interval=100")
+    proc = subprocess.run([sys.executable, str(tmp_path / "killer.py"), *args], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL and not (out / "latest").exists()
+    assert resolve_checkpoint(out).name == "ckpt-000002"
+    fastgpt.load(str(out))
+    resumed = _train("--resume", *args)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr and "iteration 2" in resumed.stderr
+    assert load_state(resolve_checkpoint(out))["iter"] == 4
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs (root only; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()[:100]}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(corpus: Path, small_disk: Path) -> None:
+    out = small_disk / "out"
+    # ~1.2 MB per checkpoint (weights + AdamW moments): the first fits, the second (beside it) cannot
+    args = _args(corpus, out, "model.n_embd=64", "model.n_layer=2", "train.max_iters=6", "train.ckpt_interval=2",
+                 "train.eval_interval=100")  # fmt: skip
+    line = _one_error_line(_train(*args))
+    assert "No space left on device" in line and "kept" in line
+    assert resolve_checkpoint(out).name == "ckpt-000002"
+    fastgpt.load(str(out), which="latest")
+    assert load_state(resolve_checkpoint(out))["iter"] == 2
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".ckpt-")]  # the partial save is gone
+
+
+def test_a_diverging_run_keeps_its_good_checkpoints(corpus: Path, tmp_path: Path, monkeypatch, cli_error) -> None:
+    out = tmp_path / "out"
+    forward, calls = GPT.forward, []
+
+    def diverging(self: GPT, idx, targets=None, loss_weights=None, cache=None):  # NaN from the 5th step on
+        logits, loss = forward(self, idx, targets, loss_weights, cache)
+        if self.training and loss is not None:
+            calls.append(1)
+            if len(calls) >= 5:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", diverging)
+    args = _args(corpus, out, "train.max_iters=50", "train.ckpt_interval=1", "train.eval_interval=2")
+    assert "the run diverged" in cli_error(train_mod.main, args)
+    assert resolve_checkpoint(out).name == "ckpt-000004"  # nothing saved from the streak (steps 5 to 9)
+    assert resolve_checkpoint(out, "best").name in ("ckpt-000002", "ckpt-000004")
+    monkeypatch.setattr(GPT, "forward", forward)
+    train_mod.main(["--resume=best", *_args(corpus, out, "train.max_iters=6", "train.eval_interval=2")])
+    assert load_state(resolve_checkpoint(out))["iter"] == 6
+
+
+def test_resume_from_a_named_checkpoint(finished: Path, corpus: Path, tmp_path: Path, cli_error) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    named = sorted(p.name for p in out.glob("ckpt-*"))[0]
+    line = cli_error(train_mod.main, ["--resume=ckpt-000003", *_args(corpus, out, "train.max_iters=8")])
+    have = ", ".join(sorted(p.name for p in out.glob("ckpt-*")))
+    assert f"has no complete checkpoint 'ckpt-000003' (it has: {have})" in line
+    metrics_inode = (out / "metrics.jsonl").stat().st_ino
+    train_mod.main([f"--resume={named}", *_args(corpus, out, "train.max_iters=8", "train.eval_interval=2")])
+    assert load_state(resolve_checkpoint(out))["iter"] == 8
+    assert (out / "metrics.jsonl").stat().st_ino != metrics_inode  # rewritten as a new file, not truncated

@@ -1,0 +1,190 @@
+"""Nothing read from a file runs code or leads outside the folders the user named.
+
+Each test builds a malicious file for real: a pickle whose ``__reduce__`` creates a marker file
+(as state.pt, as DCP's ``sharded/.metadata``, as an HF ``pytorch_model.bin``), pointers naming
+``../elsewhere``, an absolute path or a symlink out, an HF folder whose config asks for its own code,
+a checkpoint config sending eval's data preparation elsewhere. Every loader goes through its public
+entry point (``fastgpt.load``, the CLIs via ``fastgpt.__main__.run``); the marker must stay absent and
+the failure be one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import fastgpt
+from fastgpt import generate as generate_mod
+from fastgpt.eval import evaluate as eval_mod
+from fastgpt.hf import export as export_mod
+from fastgpt.train import cli as train_mod
+from fastgpt.train.convert import main as convert_main
+
+TINY = [
+    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",
+    "train.eval_iters=1", "train.sample_tokens=0", "train.device=cpu", "optim.warmup_iters=1", "train.max_iters=2",
+]  # fmt: skip
+
+
+class Payload:
+    """Unpickling it runs ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"payload": Payload(marker)}))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("untrusted") / "corpus.txt"
+    path.write_text("the king and queen walk by night to see a ghost upon the wall\n" * 40)
+    return path
+
+
+def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.dataset={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"train.out_dir={out}",
+            *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(corpus: Path) -> Path:
+    out = corpus.parent / "trained"
+    train_mod.main(_args(corpus, out))
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the trained run (out_dir, its latest checkpoint) for one test to spoil."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out, out / (out / "latest").read_text().strip()
+
+
+def test_pickled_state_is_refused_not_run(run, corpus: Path, tmp_path: Path, cli_error) -> None:
+    out, ckpt = run
+    marker = tmp_path / "ran"
+    _plant(ckpt / "state.pt", marker)
+    line = cli_error(train_mod.main, ["--resume", *_args(corpus, out, "train.max_iters=4")])
+    assert "has an unreadable state.pt" in line and not marker.exists()
+    torch.save({"x": Payload(marker)}, ckpt / "state.pt")  # the same object inside a torch.save zip
+    assert "has an unreadable state.pt" in cli_error(train_mod.main, ["--resume", *_args(corpus, out)])
+    assert not marker.exists()
+
+
+def test_dcp_metadata_beside_safetensors_is_never_read(run, corpus: Path, tmp_path: Path, capsys) -> None:
+    out, ckpt = run
+    marker = tmp_path / "ran"
+    _plant(ckpt / "sharded" / ".metadata", marker)
+    fastgpt.load(str(out))
+    fastgpt.load(str(out), allow_pickle=True)  # the option only matters when there are shards alone
+    assert generate_mod.main(["--checkpoint", str(out), "--max_new_tokens", "3", "--device", "cpu"]) == 0
+    assert eval_mod.main(["--checkpoint", str(out), "--data", f"val_loss={corpus}", "--device", "cpu"]) == 0
+    assert export_mod.main(["--checkpoint", str(out), "--out", str(tmp_path / "hf")]) == 0
+    assert convert_main(["--checkpoint", str(out), "--out", str(tmp_path / "single")]) == 0
+    train_mod.main(["--resume", *_args(corpus, out, "train.max_iters=4")])
+    assert not marker.exists()
+
+
+def test_shards_alone_are_refused_without_the_option(run, tmp_path: Path, cli_error) -> None:
+    out, ckpt = run
+    marker = tmp_path / "ran"
+    (ckpt / "model.safetensors").unlink()
+    _plant(ckpt / "sharded" / ".metadata", marker)
+    with pytest.raises(ValueError, match="holds DCP shards only, whose .metadata is a pickle") as exc:
+        fastgpt.load(str(out))
+    assert "\n" not in str(exc.value)
+    export = (export_mod.main, ["--out", str(tmp_path / "x")])
+    for main, extra in ((generate_mod.main, []), (eval_mod.main, []), export):
+        line = cli_error(main, ["--checkpoint", str(out), *extra])
+        assert "--allow_pickle" in line and "python -m fastgpt convert" in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "ABSOLUTE", "ckpt-000009", "ckpt-000002/../../elsewhere"])
+def test_pointers_stay_inside_the_run_folder(run, corpus: Path, tmp_path: Path, cli_error, name: str) -> None:
+    out, ckpt = run
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(ckpt, elsewhere)  # a loadable checkpoint outside the run folder
+    (out / "ckpt-000009").symlink_to(elsewhere)  # a symlink inside, leading out
+    text = str(elsewhere) if name == "ABSOLUTE" else name
+    for pointer in ("latest", "best"):
+        (out / pointer).write_text(text + "\n")
+    (elsewhere / "model.safetensors").write_bytes(b"not read")  # reading it would fail differently
+    for main in (generate_mod.main, eval_mod.main):
+        assert "not a ckpt-NNNNNN folder inside" in cli_error(main, ["--checkpoint", str(out)])
+    assert "not a ckpt-NNNNNN folder inside" in cli_error(train_mod.main, ["--resume", *_args(corpus, out)])
+    line = cli_error(train_mod.main, ["--resume=ckpt-000009", *_args(corpus, out)])
+    assert "has no complete checkpoint 'ckpt-000009'" in line
+
+
+def test_hf_folder_asking_for_its_own_code(tmp_path: Path, corpus: Path) -> None:
+    """transformers would import configuration_evil.py given trust_remote_code; asked on a terminal,
+    one "y" would. Run with stdin as a pipe holding "y": the folder is refused, and nothing ran."""
+    marker = tmp_path / "ran"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "configuration_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    (folder / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {
+        "AutoConfig": "configuration_evil.EvilConfig"}}))
+    proc = subprocess.run([sys.executable, "-m", "fastgpt.train", *_args(corpus, tmp_path / "out"),
+                           f"train.init_from=hf:{folder}"], input="y\ny\n", capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and "without running the folder's code" in lines[-1]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.safetensors"])
+def test_hf_folder_with_pickled_or_corrupt_weights(tmp_path: Path, corpus: Path, cli_error, weights: str) -> None:
+    from transformers import GPT2Config
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "hf"
+    GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=40).save_pretrained(folder)
+    if weights == "pytorch_model.bin":
+        _plant(folder / weights, marker)
+    else:
+        (folder / weights).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    line = cli_error(train_mod.main, [*_args(corpus, tmp_path / "out"), f"train.init_from=hf:{folder}"])
+    assert "has unreadable weights" in line
+    assert not marker.exists()
+
+
+def test_eval_keeps_to_the_folders_named(run, corpus: Path, tmp_path: Path, cli_error, monkeypatch) -> None:
+    """A checkpoint's config names a dataset and a cache elsewhere: eval reads and writes neither."""
+    out, ckpt = run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private words " * 200)
+    config = yaml.safe_load((ckpt / "config.yaml").read_text())
+    config["data"].update(dataset=str(secret), cache_dir=str(tmp_path / "far" / "cache"))
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    line = cli_error(eval_mod.main, ["--checkpoint", str(out)])
+    assert f"names data.dataset={str(secret)!r}, outside the current folder" in line
+    config["data"].update(dataset=str(here / "corpus.txt"))
+    shutil.copy(corpus, here / "corpus.txt")
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    assert eval_mod.main(["--checkpoint", str(out), "--device", "cpu"]) == 0  # inside: read, prepared here
+    assert not (tmp_path / "far").exists() and (here / "data_cache").is_dir()

@@ -1,0 +1,220 @@
+"""Faults lose nothing: kill -9 during a save, a full disk, SIGINT, NaN losses, out of memory."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastgpt.model import GPT
+from fastgpt.train import checkpoint
+from fastgpt.train import cli as train_mod
+from fastgpt.train.checkpoint import load, load_state, resolve_checkpoint
+
+TINY = [
+    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
+    "train.eval_iters=1", "train.log_interval=1", "train.sample_tokens=0", "train.device=cpu",
+    "optim.warmup_iters=1", "optim.lr=0.01",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
+    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(300)]
+    path = tmp_path_factory.mktemp("faults") / "corpus.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.dataset={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"train.out_dir={out}",
+            *extra]  # fmt: skip
+
+
+def _curve(out: Path) -> list[dict]:
+    """The logged losses and learning rates (no timings)."""
+    keys = ("iter", "train_loss", "val_loss", "lr", "skipped")
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: e[k] for k in keys if k in e} for e in events]
+
+
+def _leftovers(out: Path) -> list[str]:
+    """What interrupted saves left: temporary folders and pointer files, unnamed checkpoints."""
+    named = {(out / p).read_text().strip() for p in ("latest", "best")}
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") or p.name.startswith("ckpt-")
+                  and p.name not in named)  # fmt: skip
+
+
+SAVE_EVERY_2 = ("train.max_iters=6", "train.ckpt_interval=2", "train.eval_interval=100")
+
+
+@pytest.fixture(scope="module")
+def straight(corpus: Path) -> list[dict]:
+    """The curve of an uninterrupted run that saves at 2, 4 and 6."""
+    out = corpus.parent / "straight"
+    train_mod.main(_args(corpus, out, *SAVE_EVERY_2))
+    return _curve(out)
+
+
+# --- kill -9 during a save ----------------------------------------------------------------
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from fastgpt.train import checkpoint
+from fastgpt.train import trainer as train
+from fastgpt.__main__ import run
+
+saves = 0
+save_checkpoint = checkpoint.save_checkpoint
+
+def counting(*args, **kwargs):
+    global saves
+    saves += 1
+    return save_checkpoint(*args, **kwargs)
+
+def die_in_second_save(original, condition=lambda *a: True):
+    def wrapper(*args, **kwargs):
+        if saves == 2 and condition(*args):
+            if original is checkpoint.torch.save:
+                Path(args[1]).write_bytes(b"half a state.pt")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    return wrapper
+
+checkpoint.save_checkpoint = counting
+point = sys.argv.pop(1)
+if point == "writing":  # the temporary folder holds weights, config, tokenizer and half the state
+    checkpoint.torch.save = die_in_second_save(checkpoint.torch.save)
+elif point == "renamed":  # ckpt-000004 is in place, the pointers still name ckpt-000002
+    checkpoint._write_pointer = die_in_second_save(checkpoint._write_pointer)
+elif point == "pointer":  # latest's new text is in a temporary file, not yet renamed over latest
+    checkpoint.os.replace = die_in_second_save(os.replace, lambda src, dst: Path(dst).name == "latest")
+elif point == "pruning":  # the pointers name ckpt-000004, ckpt-000002 is not deleted yet
+    checkpoint._prune = die_in_second_save(checkpoint._prune)
+run(train.main)
+"""
+
+
+@pytest.mark.parametrize("point, survivor", [("writing", 2), ("renamed", 2), ("pointer", 2), ("pruning", 4)])
+def test_kill_9_during_a_save_keeps_a_checkpoint(
+    corpus: Path, tmp_path: Path, straight: list[dict], point: str, survivor: int
+) -> None:
+    (tmp_path / "killer.py").write_text(KILLER)
+    out = tmp_path / "out"
+    args = _args(corpus, out, *SAVE_EVERY_2)
+    proc = subprocess.run([sys.executable, str(tmp_path / "killer.py"), point, *args], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert resolve_checkpoint(out).name == f"ckpt-{survivor:06d}"
+    load(out, which="latest")
+    assert load_state(resolve_checkpoint(out))["iter"] == survivor
+    if point != "pruning":  # (there, best still names ckpt-000002: nothing is debris)
+        assert _leftovers(out)  # the debris of the interrupted save ...
+
+    train_mod.main(["--resume", *args])
+    assert resolve_checkpoint(out).name == "ckpt-000006"
+    assert _leftovers(out) == []  # ... is cleaned up by the next save
+    assert _curve(out) == straight  # and the run went on as if nothing happened
+
+
+def test_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_error
+) -> None:
+    out = tmp_path / "out"
+    calls, save_model = [], checkpoint.save_model
+
+    def full_on_second_save(model: torch.nn.Module, filename: str) -> None:
+        calls.append(filename)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"\0" * 64)  # what fitted before the disk filled up
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        save_model(model, filename)
+
+    monkeypatch.setattr(checkpoint, "save_model", full_on_second_save)
+    line = cli_error(train_mod.main, _args(corpus, out, *SAVE_EVERY_2))
+    assert line == (f"error: could not save a checkpoint in '{out}' (No space left on device); "
+                    "the previous checkpoint is kept")  # fmt: skip
+    assert resolve_checkpoint(out).name == "ckpt-000002" and load_state(resolve_checkpoint(out))["iter"] == 2
+    load(out, which="latest")
+    assert _leftovers(out) == []  # the half-written temporary folder is gone
+
+
+# --- signals ------------------------------------------------------------------------------
+
+
+def test_sigint_saves_and_resume_continues_exactly(corpus: Path, tmp_path: Path) -> None:
+    args = _args(corpus, tmp_path / "out", "train.max_iters=24", "train.eval_interval=12", "model.dropout=0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "fastgpt.train", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    for line in proc.stderr:
+        if line.startswith("iter 0:"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "stopped by SIGINT at iteration" in err and "Traceback" not in err
+    stopped = load_state(resolve_checkpoint(tmp_path / "out"))["iter"]
+    assert 0 < stopped < 24
+
+    train_mod.main(["--resume", *args])
+    (tmp_path / "out").rename(tmp_path / "resumed")
+    train_mod.main(args)  # the same run, uninterrupted
+    assert _curve(tmp_path / "resumed") == _curve(tmp_path / "out")  # bit-identical losses, dropout included
+
+
+# --- NaN losses and out of memory ---------------------------------------------------------
+
+
+def _nan_on_training_calls(monkeypatch: pytest.MonkeyPatch, bad: set[int] | None) -> None:
+    """Make the training loss NaN on the forward calls numbered in ``bad`` (1-based; None = all)."""
+    forward, calls = GPT.forward, []
+
+    def poisoned(self: GPT, idx, targets=None, loss_weights=None, cache=None):
+        logits, loss = forward(self, idx, targets, loss_weights, cache)
+        if self.training and loss is not None:
+            calls.append(1)
+            if bad is None or len(calls) in bad:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    _nan_on_training_calls(monkeypatch, bad={3, 4})
+    out = tmp_path / "out"
+    train_mod.main(_args(corpus, out, "train.max_iters=8", "train.eval_interval=100"))
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    skipped = [(e["iter"], e["nonfinite_total"]) for e in events if "skipped" in e]
+    assert skipped == [(3, 1), (4, 2)]
+    steps = [e for e in events if "tokens_per_s" in e]
+    assert [e["iter"] for e in steps] == [1, 2, 5, 6, 7, 8] and all(e["train_loss"] < 10 for e in steps)
+    assert load_state(resolve_checkpoint(out))["nonfinite"] == 2
+    model, _ = load(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # skipped steps left the weights alone
+
+
+def test_diverged_run_stops_with_a_message(corpus: Path, tmp_path: Path, monkeypatch, cli_error) -> None:
+    _nan_on_training_calls(monkeypatch, bad=None)
+    line = cli_error(train_mod.main, _args(corpus, tmp_path / "out", "train.max_iters=50"))
+    assert line == ("error: the loss was NaN or inf 5 steps in a row (up to iteration 5); the run diverged: "
+                    "try a lower optim.lr (now 0.01) or more warmup")  # fmt: skip
+
+
+def test_out_of_memory_suggests_a_smaller_batch(corpus: Path, tmp_path: Path, monkeypatch, cli_error) -> None:
+    def out_of_memory(self: train_mod.Trainer) -> float:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train_mod.Trainer, "train_step", out_of_memory)
+    line = cli_error(train_mod.main, _args(corpus, tmp_path / "out", "train.max_iters=5"))
+    assert line == ("error: CUDA ran out of memory; use a smaller train.batch_size (now 4) and more "
+                    "train.grad_accum_steps, or a smaller model")  # fmt: skip
