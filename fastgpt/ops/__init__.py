@@ -1,7 +1,8 @@
 """Public functional API of fastgpt's ops.
 
-Each op takes ``backend="auto" | "torch" | "triton" | "cuda"``. ``torch`` runs the reference in
-:mod:`fastgpt.ops.reference` (attention through its SDPA form, ``sdpa_attention``); ``triton``
+Each op takes ``backend="auto" | "torch" | "triton" | "cuda"``. ``torch`` runs PyTorch's own
+kernels (:mod:`fastgpt.ops.torch_path`: SDPA, ``F.rms_norm``, torch's fused/foreach AdamW), which
+like ours are tested against the pure-PyTorch truth in :mod:`fastgpt.ops.reference`; ``triton``
 and ``cuda`` run our kernels, found through :mod:`fastgpt.ops._registry` and driven by one
 ``autograd.Function`` per op (:mod:`fastgpt.ops._autograd`). Every argument of an op reaches the
 kernel's ``unsupported_reason``: an explicit kernel backend raises ``ValueError`` with it, and
@@ -16,9 +17,9 @@ import math
 import torch
 from torch import Tensor
 
-from fastgpt.ops import _autotune_cache, reference
+from fastgpt.ops import _autotune_cache, autotune, torch_path
 from fastgpt.ops._autograd import FlashAttention, RMSNorm
-from fastgpt.ops._backend import BackendUnavailable, available_backends, candidates
+from fastgpt.ops._backend import BackendUnavailable, available_backends, require
 from fastgpt.ops._registry import kernel
 from fastgpt.ops.autotune import choose, set_autotune_group
 
@@ -42,8 +43,13 @@ def resolve_backend(backend: str, op: str, device: torch.device, *args: object, 
     here raises ``BackendUnavailable``, one whose kernel refuses the arguments ``ValueError``.
     """
     if backend == "auto":
-        return choose(op, device, (*args, kwargs) if op == "fused_adamw" else args)
-    candidates(backend, device)  # raises when it cannot run here
+        args = (*args, kwargs) if op == "fused_adamw" else args
+        if torch.compiler.is_compiling():
+            from fastgpt.ops import _compiling  # loaded while tracing, when torch._dynamo already is
+
+            return _compiling.choose(op, device, args)
+        return choose(op, device, args)
+    require(backend, device)
     if backend != "torch":
         reason = kernel(backend, op).unsupported_reason(*args, **kwargs)
         if reason is not None:
@@ -57,11 +63,15 @@ def autotune_choices() -> dict[str, str]:
 
 
 def autotune_summary() -> str:
-    """One line naming the backend of each op choice ``auto`` made so far (for a training log)."""
-    choices = autotune_choices()
+    """One line naming the backend ``auto`` runs for each (op, device, dtype, shape class) it met so far.
+
+    For a training log, after the first step: the choices made, read from the cache, or received
+    from rank 0.
+    """
+    choices = autotune.used()
     if not choices:
-        return "ops: auto measured nothing (the torch path runs wherever no kernel competes)"
-    return "ops: " + "; ".join(f"{key} -> {backend}" for key, backend in choices.items())
+        return "ops (auto): torch path for every op (no kernel of ours competes on this device)"
+    return "ops (auto): " + "; ".join(f"{key} -> {backend}" for key, backend in choices.items())
 
 
 def flash_attention(
@@ -76,12 +86,12 @@ def flash_attention(
 
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq % Hkv == 0 (GQA/MQA when Hkv < Hq) and S >= T
     (S > T only when decoding with a KV cache; the kernels take S == T and ``auto`` falls back to
-    the reference otherwise). Returns (B, Hq, T, D). ``scale`` defaults to 1/sqrt(D).
+    the torch path otherwise). Returns (B, Hq, T, D). ``scale`` defaults to 1/sqrt(D).
     """
     _check_attention(q, k, v)
     name = resolve_backend(backend, "flash_attention", q.device, q, k, v, causal, scale)
     if name == "torch":
-        return reference.sdpa_attention(q, k, v, causal, scale)
+        return torch_path.flash_attention(q, k, v, causal, scale)
     return FlashAttention.apply(name, q, k, v, causal, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
 
 
@@ -105,7 +115,7 @@ def rms_norm(
     name = resolve_backend(backend, "rms_norm", x.device, x, weight, eps, residual)
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
     if name == "torch":
-        return reference.rms_norm(x, weight, eps, residual)
+        return torch_path.rms_norm(x, weight, eps, residual)
     return RMSNorm.apply(name, x, weight, residual, eps)
 
 
@@ -130,7 +140,7 @@ def fused_adamw_(
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
     lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
     name = resolve_backend(backend, "fused_adamw", params[0].device, *lists, **hyper)
-    impl = reference if name == "torch" else kernel(name, "fused_adamw")
+    impl = torch_path if name == "torch" else kernel(name, "fused_adamw")
     impl.fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper)
 
 

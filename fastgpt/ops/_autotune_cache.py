@@ -3,7 +3,9 @@
 The file is ``$FASTGPT_CACHE_DIR/autotune/<stamp hash>.json`` (default ``~/.cache/fastgpt``), the
 stamp being (device name, torch, triton, fastgpt, extension build): other versions never read
 each other's choices. It is written atomically (a temporary file, then ``os.replace``) and is only
-ever parsed as JSON and validated: an entry that is not a well-formed record is ignored.
+ever parsed as JSON (never unpickled or executed) and validated: a file over :data:`MAX_BYTES`, not
+JSON or not of the expected shape is ignored with a warning, an entry that is not a well-formed
+record is dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -20,6 +23,9 @@ from pathlib import Path
 import torch
 
 from fastgpt.ops._backend import BACKENDS, cuda_emulated, unavailable_reason
+
+MAX_BYTES = 1 << 20
+"""Larger files are ignored unread (a few hundred shape classes take a few tens of KB)."""
 
 _MEMORY: dict[str, dict[str, dict]] = {}  # device name -> key -> record
 
@@ -69,15 +75,20 @@ def path(device: torch.device) -> Path:
     return root / "autotune" / f"{digest}.json"
 
 
+def _milliseconds(t: object) -> bool:
+    return isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+
+
 def valid_record(record: object) -> bool:
-    """A record is {"backend": name, "ms": {name: number}, "rejected": {name: text}}."""
+    """A record is {"backend": name, "ms": {name: finite ms >= 0}, "rejected": {name: text}}."""
     if not isinstance(record, dict) or set(record) != {"backend", "ms", "rejected"}:
         return False
     ms, rejected = record["ms"], record["rejected"]
     return (
-        record["backend"] in BACKENDS
+        isinstance(record["backend"], str)
+        and record["backend"] in BACKENDS
         and isinstance(ms, dict)
-        and all(b in BACKENDS and isinstance(t, int | float) for b, t in ms.items())
+        and all(b in BACKENDS and _milliseconds(t) for b, t in ms.items())
         and record["backend"] in ms
         and isinstance(rejected, dict)
         and all(b in BACKENDS and isinstance(e, str) for b, e in rejected.items())
@@ -86,10 +97,15 @@ def valid_record(record: object) -> bool:
 
 def _read(file: Path, expected: dict[str, str]) -> dict[str, dict]:
     try:
+        size = file.stat().st_size
+        if size > MAX_BYTES:
+            warnings.warn(f"fastgpt auto: ignoring choices file {file}: {size} bytes, over {MAX_BYTES}",
+                          RuntimeWarning, stacklevel=3)
+            return {}
         data = json.loads(file.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         warnings.warn(f"fastgpt auto: ignoring unreadable choices file {file}: {exc}", RuntimeWarning, stacklevel=3)
         return {}
     if not isinstance(data, dict) or data.get("stamp") != expected or not isinstance(data.get("choices"), dict):
@@ -110,6 +126,12 @@ def lookup(device: torch.device, key: str) -> dict | None:
     return _table(device).get(key)
 
 
+def remember(device: torch.device, key: str, record: dict) -> None:
+    """Remember ``record`` in this process only (a choice received from another rank)."""
+    if valid_record(record):
+        _MEMORY.setdefault(_device_name(device), {})[key] = record
+
+
 def store(device: torch.device, key: str, record: dict) -> None:
     """Remember ``record`` and merge it into the file, written atomically."""
     table = _table(device)
@@ -121,17 +143,6 @@ def store(device: torch.device, key: str, record: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump({"stamp": expected, "choices": merged}, f, indent=1, sort_keys=True)
     os.replace(tmp, file)
-
-
-def snapshot() -> dict[str, dict[str, dict]]:
-    """Every remembered record, by device name (what rank 0 broadcasts)."""
-    return {name: dict(table) for name, table in _MEMORY.items()}
-
-
-def replace_all(tables: dict[str, dict[str, dict]]) -> None:
-    """Take ``tables`` (from :func:`snapshot`, possibly another rank's) as the remembered records."""
-    _MEMORY.clear()
-    _MEMORY.update({name: {k: r for k, r in t.items() if valid_record(r)} for name, t in tables.items()})
 
 
 def records() -> dict[str, dict]:

@@ -16,8 +16,8 @@ Candidates: on a CUDA device, the usable kernel backends; on CPU none (torch run
 the inputs).
 
 The choices persist in :mod:`fastgpt.ops._autotune_cache` (JSON). Under ``torch.compile`` the
-choice is made when tracing, outside the graph (``assume_constant_result``). Under DDP/FSDP,
-:func:`set_autotune_group` makes every new choice on the group's rank 0 and broadcasts it.
+choice is made when tracing, outside the graph (:mod:`fastgpt.ops._compiling`). Under DDP/FSDP,
+:func:`set_autotune_group` makes every rank use the group's rank 0's choices.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fastgpt.ops import _autotune_cache as cache
-from fastgpt.ops import reference
+import fastgpt.ops._autotune_cache as cache
+import fastgpt.ops.reference as reference
+import fastgpt.ops.torch_path as torch_path
 from fastgpt.ops._accuracy import error_problem
 from fastgpt.ops._autograd import FlashAttention, RMSNorm
 from fastgpt.ops._backend import unavailable_reason
@@ -42,6 +43,8 @@ TIME_BUDGET_S = 0.002
 """Seconds per batch of timed calls (three batches, or one call when slower): a few ms per candidate."""
 
 _GROUP: list = [None]  # the process group whose rank 0 decides, when set
+_AGREED: dict[str, dict] = {}  # key -> record every rank of the group holds (received from rank 0)
+_USED: dict[str, str] = {}  # key -> backend, for the choices this process used
 
 
 def enabled() -> bool:
@@ -123,7 +126,7 @@ def _attention_case(spec: tuple) -> tuple[Callable[[str], list[Tensor]], Callabl
     def run(backend: str, cast: torch.dtype = dt) -> list[Tensor]:
         qi, ki, vi = (t.to(cast).detach().requires_grad_() for t in (q, k, v))
         if backend == "torch":
-            out = reference.sdpa_attention(qi, ki, vi, causal, scale)
+            out = torch_path.flash_attention(qi, ki, vi, causal, scale)
         elif backend == "reference":
             out = reference.flash_attention(qi, ki, vi, causal, scale)
         else:
@@ -149,7 +152,9 @@ def _rms_norm_case(spec: tuple) -> tuple[Callable[[str], list[Tensor]], Callable
         ri = res.to(cast or dt).detach().requires_grad_() if has_residual else None
         wi = w.to(cast or w.dtype).detach().requires_grad_() if w is not None else None
         e = torch.finfo(dt).eps if eps is None else eps
-        if backend in ("torch", "reference"):
+        if backend == "torch":
+            out = torch_path.rms_norm(xi, wi, e, ri)
+        elif backend == "reference":
             out = reference.rms_norm(xi, wi, e, ri)
         else:
             out = RMSNorm.apply(backend, xi, wi, ri, e)
@@ -179,7 +184,9 @@ def _adamw_case(spec: tuple) -> tuple[Callable[[str], list[Tensor]], Callable[[]
         p, m, v = p0.to(device, p_dtype or getattr(torch, dtype)), (0.1 * m0).to(device), (0.01 * v0).to(device)
         step = torch.tensor(3.0, dtype=getattr(torch, s_dtype), device=s_device)
         args = ([p], [g0.to(device, getattr(torch, g_dtype))], [m], [v], [step])
-        if backend in ("torch", "reference"):
+        if backend == "torch":
+            torch_path.fused_adamw_(*args, lr=lr, **_ADAMW_HYPER)
+        elif backend == "reference":
             reference.fused_adamw_(*args, lr=lr, **_ADAMW_HYPER)
         else:
             kernel(backend, "fused_adamw").fused_adamw_(*args, lr=lr, **_ADAMW_HYPER)
@@ -264,36 +271,49 @@ def tune(spec: tuple, supported: tuple[str, ...]) -> dict:
     return {"backend": min(ms, key=ms.__getitem__), "ms": ms, "rejected": rejected}
 
 
-def _decide(spec: tuple, supported: tuple[str, ...]) -> dict:
-    """The record for ``spec``: remembered, or tuned (on rank 0 of the autotune group, when set)."""
-    key = key_of(spec)
-    record = cache.lookup(torch.device(spec[1]), key)
-    if record is not None and set(supported) <= set(record["ms"]) | set(record["rejected"]):
-        return record
+def _group() -> object | None:
+    """The autotune group when it spans several ranks (None otherwise)."""
     group = _GROUP[0]
-    if group is not None and torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
-        box = [tune(spec, supported) if torch.distributed.get_rank(group) == 0 else None]
+    if group is None or not torch.distributed.is_initialized() or torch.distributed.get_world_size(group) < 2:
+        return None
+    return group
+
+
+def _complete(record: dict | None, supported: tuple[str, ...]) -> bool:
+    return record is not None and set(supported) <= set(record["ms"]) | set(record["rejected"])
+
+
+def decide(spec: tuple, supported: tuple[str, ...]) -> dict:
+    """The record for ``spec``: remembered, or tuned; under a group, rank 0's (remembered or tuned)."""
+    key, device = key_of(spec), torch.device(spec[1])
+    group = _group()
+    if group is None:
+        record = cache.lookup(device, key)
+        if not _complete(record, supported):
+            record = tune(spec, supported)
+            cache.store(device, key, record)
+    elif _complete(_AGREED.get(key), supported):
+        record = _AGREED[key]
+    else:  # a collective: every rank meets this shape class in the same order (SPMD training steps)
+        rank0 = torch.distributed.get_rank(group) == 0
+        record = cache.lookup(device, key) if rank0 else None
+        tuned = rank0 and not _complete(record, supported)
+        if tuned:
+            record = tune(spec, supported)
+        box = [record]
         torch.distributed.broadcast_object_list(box, src=torch.distributed.get_global_rank(group, 0), group=group)
-        record = box[0]
-    else:
-        record = tune(spec, supported)
-    cache.store(torch.device(spec[1]), key, record)
+        record = _AGREED[key] = box[0]
+        if tuned:
+            cache.store(device, key, record)  # only rank 0 writes the file
+        else:
+            cache.remember(device, key, record)
+    _USED[key] = record["backend"]
     return record
 
 
-def _choose_constant(spec: tuple, supported: tuple[str, ...]) -> str:
-    return _decide(spec, supported)["backend"]
-
-
-def _candidates_constant(device: str) -> tuple[str, ...]:
-    return tuple(kernel_candidates(torch.device(device)))
-
-
-# torch.compile runs these when tracing and takes their results as constants: what
-# torch.compiler.assume_constant_result marks, set here because that import (torch._dynamo) would
-# import triton before a caller could set TRITON_INTERPRET
-_choose_constant._dynamo_marked_constant = True
-_candidates_constant._dynamo_marked_constant = True
+def used() -> dict[str, str]:
+    """{readable key: backend} of the choices this process used (made, remembered or received)."""
+    return dict(sorted(_USED.items()))
 
 
 def fixed_order(op: str, device: torch.device, args: tuple) -> str:
@@ -312,33 +332,44 @@ def _supports(backend: str, op: str, args: tuple) -> bool:
     return kernel(backend, op).unsupported_reason(*args) is None
 
 
-def choose(op: str, device: torch.device, args: tuple) -> str:
+def _candidate_names(device: str) -> tuple[str, ...]:
+    return tuple(kernel_candidates(torch.device(device)))
+
+
+def _pick(spec: tuple, supported: tuple[str, ...]) -> str:
+    return decide(spec, supported)["backend"]
+
+
+def choose(
+    op: str,
+    device: torch.device,
+    args: tuple,
+    candidate_names: Callable[[str], tuple[str, ...]] = _candidate_names,
+    pick: Callable[[tuple, tuple[str, ...]], str] = _pick,
+) -> str:
     """The backend ``auto`` runs ``op`` on for ``args`` (every argument of the op, in order).
 
     For ``fused_adamw`` ``args`` is (params, grads, exp_avgs, exp_avg_sqs, steps, hyperparameters).
+    ``candidate_names`` (device -> kernel backends) and ``pick`` (shape class, supported backends
+    -> winner) take only constants; :mod:`fastgpt.ops._compiling` passes versions that
+    ``torch.compile`` runs when tracing.
     """
     if not enabled():
         return fixed_order(op, device, args)
-    compiling = torch.compiler.is_compiling()
-    names = _candidates_constant(str(device)) if compiling else kernel_candidates(device)
-    supported = tuple(name for name in names if _supports(name, op, args))
+    supported = tuple(name for name in candidate_names(str(device)) if _supports(name, op, args))
     if not supported and not slow_allowed():
         return "torch"  # nothing to compare: no measurement, nothing recorded
-    spec = spec_of(op, args)
-    if compiling:
-        return _choose_constant(spec, supported)
-    return _decide(spec, supported)["backend"]
+    return pick(spec_of(op, args), supported)
 
 
 def set_autotune_group(group: object | None) -> None:
-    """Make every new ``auto`` choice on ``group``'s rank 0 and use it on all its ranks (None: each decides).
+    """Use ``group``'s rank 0 choices on every rank of ``group`` (None: each process decides alone).
 
-    Call on every rank after ``init_process_group`` and before the first step; it first gives all
-    ranks rank 0's remembered choices. While set, the ranks must meet each new shape class together
-    (as DDP/FSDP training steps do): the choice is a collective.
+    Call on every rank right after ``init_process_group`` (``fastgpt.train.distributed.setup`` does).
+    While set, the first meeting of each shape class is a collective: rank 0 takes its remembered
+    choice or measures one, and broadcasts it; the ranks then reuse it without communicating. So
+    the ranks must meet new shape classes together and in the same order, as DDP/FSDP steps do,
+    and never run different kernels. Only rank 0 writes the cache file.
     """
     _GROUP[0] = group
-    if group is not None and torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
-        box = [cache.snapshot() if torch.distributed.get_rank(group) == 0 else None]
-        torch.distributed.broadcast_object_list(box, src=torch.distributed.get_global_rank(group, 0), group=group)
-        cache.replace_all(box[0])
+    _AGREED.clear()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from fastgpt.ops import _autotune_cache, autotune, reference
 
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
+    """An empty choices cache under tmp_path (the CUDA emulator, loaded first, keeps its shared build)."""
+    _autotune_cache.stamp(torch.device("cpu"))  # loads the emulated build from the usual cache dir
     monkeypatch.setenv("FASTGPT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_autotune_cache, "_MEMORY", {})
     return tmp_path
@@ -94,7 +97,12 @@ def test_auto_on_cpu_checks_times_and_chooses_torch(fresh_cache, monkeypatch):
     assert json.loads(file.read_text())["choices"][key]["backend"] == "torch"
 
 
+def _fastgpt_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "fastgpt auto" in str(w.message)]
+
+
 def test_auto_rejects_a_wrong_kernel(fresh_cache, monkeypatch):
+    """A candidate planted 1% off is rejected with one warning naming op, backend, dtype and error."""
     cands = _slow_auto(monkeypatch)
     wrong = cands[0]
     from fastgpt.ops._registry import kernel
@@ -108,12 +116,54 @@ def test_auto_rejects_a_wrong_kernel(fresh_cache, monkeypatch):
 
     monkeypatch.setattr(module, "rms_norm_fwd", off_by_a_bit)
     x = torch.randn(4, 16)
-    with pytest.warns(RuntimeWarning, match=f"rms_norm on {wrong} failed its check for float32.*max error"):
-        out = ops.rms_norm(x, None, backend="auto")
-    torch.testing.assert_close(out, reference.rms_norm(x, None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [ops.rms_norm(x, None, backend="auto") for _ in range(2)]  # the second call reuses the choice
+    (message,) = _fastgpt_warnings(caught)
+    assert f"rms_norm on {wrong} failed its check for float32" in message and "y: max error" in message, message
+    for out in outs:
+        torch.testing.assert_close(out, reference.rms_norm(x, None))
     record = next(iter(_autotune_cache.records().values()))
     assert wrong in record["rejected"] and wrong not in record["ms"], record
     assert record["backend"] == "torch"
+
+
+def test_auto_rejects_a_kernel_that_raises(fresh_cache, monkeypatch):
+    cands = _slow_auto(monkeypatch)
+    from fastgpt.ops._registry import kernel
+
+    def broken(*args):
+        raise RuntimeError("illegal memory access")
+
+    for name in cands:
+        monkeypatch.setattr(kernel(name, "rms_norm"), "rms_norm_bwd", broken)
+    x = torch.randn(4, 16, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ops.rms_norm(x, None, backend="auto").sum().backward()
+    messages = _fastgpt_warnings(caught)
+    assert len(messages) == len(cands), messages
+    assert all("raised RuntimeError: illegal memory access" in m for m in messages), messages
+    assert x.grad is not None
+
+
+def test_auto_under_torch_compile(fresh_cache, monkeypatch):
+    """The choice is made (and measured) when tracing, outside the graph; fullgraph holds."""
+    _slow_auto(monkeypatch)
+    x = torch.randn(4, 16)
+    compiled = torch.compile(lambda x: ops.rms_norm(x, None, backend="auto"), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), reference.rms_norm(x, None))
+    assert list(ops.autotune_choices().values()) == ["torch"]
+
+
+def test_importing_fastgpt_loads_neither_dynamo_nor_triton():
+    """So that TRITON_INTERPRET may still be set after ``import fastgpt`` (and importing stays fast)."""
+    code = ("import sys, fastgpt, fastgpt.model, fastgpt.ops, fastgpt.optim\n"
+            "print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"
 
 
 _CHILD = """
@@ -143,16 +193,53 @@ def test_cache_is_read_by_a_new_process(tmp_path):
     assert outs[0] == outs[1] == "{'rms_norm cpu float32 N<=8 weight=none residual=False': 'torch'}"
 
 
-def test_malformed_cache_is_ignored(fresh_cache, monkeypatch):
+_GOOD = {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {}}
+_BAD_RECORDS = {
+    "unknown backend": {"backend": "__import__('os').system('touch pwned')", "ms": {}, "rejected": {}},
+    "winner not timed": {"backend": "triton", "ms": {"torch": 1.0}, "rejected": {}},
+    "ms a string": {"backend": "torch", "ms": {"torch": "1.0"}, "rejected": {}},
+    "ms a bool": {"backend": "torch", "ms": {"torch": True}, "rejected": {}},
+    "ms negative": {"backend": "torch", "ms": {"torch": -1.0}, "rejected": {}},
+    "ms NaN": {"backend": "torch", "ms": {"torch": "NaN here"}, "rejected": {}},  # written as a bare NaN
+    "ms not a dict": {"backend": "torch", "ms": [["torch", 1.0]], "rejected": {}},
+    "rejected not text": {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {"cuda": 3}},
+    "extra key": {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {}, "code": "print(1)"},
+    "backend a list": {"backend": ["torch"], "ms": {"torch": 1.0}, "rejected": {}},
+}
+
+
+def _write_cache(text: str) -> None:
+    file = _autotune_cache.path(torch.device("cpu"))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text)
+
+
+def test_malformed_records_are_dropped(fresh_cache, monkeypatch):
     cpu = torch.device("cpu")
-    file = _autotune_cache.path(cpu)
-    file.parent.mkdir(parents=True)
-    good = {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {}}
-    bad = {"backend": "os.system('x')", "ms": {}, "rejected": {}}
-    file.write_text(json.dumps({"stamp": _autotune_cache.stamp(cpu), "choices": {"a": good, "b": bad}}))
-    assert _autotune_cache.lookup(cpu, "a") == good
-    assert _autotune_cache.lookup(cpu, "b") is None
-    file.write_text("{not json")
-    monkeypatch.setattr(_autotune_cache, "_MEMORY", {})
-    with pytest.warns(RuntimeWarning, match="unreadable"):
-        assert _autotune_cache.lookup(cpu, "a") is None
+    monkeypatch.chdir(fresh_cache)
+    choices = {"good": _GOOD, **_BAD_RECORDS}
+    text = json.dumps({"stamp": _autotune_cache.stamp(cpu), "choices": choices}).replace('"NaN here"', "NaN")
+    _write_cache(text)
+    assert _autotune_cache.lookup(cpu, "good") == _GOOD
+    kept = _autotune_cache.records()
+    assert set(kept) == {"good"}, kept
+    assert not (fresh_cache / "pwned").exists()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "unreadable"),
+    ("[" * 100_000 + "]" * 100_000, "unreadable"),  # nested past the JSON parser's recursion limit
+    (json.dumps({"stamp": {}, "choices": {"good": _GOOD}}), "malformed"),  # another stack's stamp
+    (json.dumps({"stamp": None, "choices": [_GOOD]}), "malformed"),
+    (json.dumps(["choices", _GOOD]), "malformed"),
+    ("huge", "bytes, over"),
+], ids=["not-json", "deep", "stamp", "choices-list", "top-list", "huge"])
+def test_malformed_cache_file_is_ignored(fresh_cache, text, match):
+    cpu = torch.device("cpu")
+    if text == "huge":
+        good = {"stamp": _autotune_cache.stamp(cpu), "choices": {"good": _GOOD}}
+        text = json.dumps(good) + " " * _autotune_cache.MAX_BYTES  # valid JSON, but too large to read
+    _write_cache(text)
+    with pytest.warns(RuntimeWarning, match=match):
+        assert _autotune_cache.lookup(cpu, "good") is None
+    assert _autotune_cache.records() == {}
