@@ -27,6 +27,7 @@ from fastgpt.data import PreparedData, prepare_data
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
+from fastgpt.ops import autotune_summary
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, mean_across_ranks, shard_fsdp, sum_across_ranks, wrap_ddp
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb
@@ -218,9 +219,11 @@ class Trainer:
         # the bar shows on a terminal (rank 0 only); logs and pipes get the eval lines alone
         bar = tqdm(total=self.total_iters, initial=self.iter, disable=None if self.env.is_main else True, unit="it",
                    dynamic_ncols=True, file=sys.stderr)
-        last = time.perf_counter()
+        last, first_iter = time.perf_counter(), self.iter
         while self.iter < self.total_iters:
             loss = self.train_step()
+            if self.iter == first_iter:  # by now auto has chosen for every op of a step (and of eval)
+                self._say(autotune_summary())
             if loss is not None and not self.started:
                 self._start()
             self.iter += 1
