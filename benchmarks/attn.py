@@ -48,8 +48,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HEADLINE = dict(causal=True, dtype="bf16", B=4, H=16, T=4096, D=128)
 SDPA_FORCED = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
                "sdpa-efficient": "EFFICIENT_ATTENTION"}
-PROVIDERS = ("reference", "reference-compile", "triton", "cuda", "sdpa", *SDPA_FORCED)
-OURS = ("triton", "cuda")
+PROVIDERS = ("reference", "reference-compile", "triton", "cuda", "auto", "sdpa", *SDPA_FORCED)
+OURS = ("triton", "cuda", "auto")  # auto: the backend fastgpt.ops measured fastest (choices printed at the end)
 
 
 def sweep(env: common.Env) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ def unavailable(env: common.Env) -> dict[str, str | None]:
     backends = available_backends(env.device)
     reasons: dict[str, str | None] = {p: None for p in PROVIDERS}
     for name in OURS:
-        reasons[name] = backends[name]
+        reasons[name] = backends.get(name)  # auto always runs
     if not env.compile:
         reasons["reference-compile"] = "--quick / --skip-compile"
     for name in SDPA_FORCED:
@@ -117,6 +117,8 @@ def measure(env: common.Env, provider: str, cfg: dict[str, Any], inputs: tuple[T
     where = "{dtype} causal={causal} B={B} H={H} T={T} D={D}".format(**cfg)
     headline = all(cfg[key] == val for key, val in HEADLINE.items())
     bwd = "derive" if provider.endswith("-compile") else "skip" if env.interpreted and provider in OURS else "time"
+    if provider == "auto":
+        fn(q, k, v)  # auto checks and times its candidates on first use: outside the measurement
     with ctx, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SDPA explains at length why a forced backend cannot run
         ms = common.time_modes(env, provider, where, lambda: fn(q, k, v), dout, [q, k, v], headline, bwd)
@@ -186,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                               ("B", "B"), ("H", "H"), ("T", "T"), ("D", "D"), ("ms", "ms"), ("tflops", "TFLOP/s"),
                               ("fraction_of_ceiling", "of matmul"), ("vs_best_baseline", "x best base"),
                               ("best_baseline", "best baseline")])
-    summary = summarize(rows, ceilings, head)
+    from fastgpt.ops import autotune_choices
+
+    print("auto's choices:" if autotune_choices() else "auto's choices: none (no kernel competes here)")
+    for key, backend in autotune_choices().items():
+        print(f"  {key}: {backend}")
+    summary = summarize([r for r in rows if r["provider"] != "auto"], ceilings, head)  # the summary rates our kernels
     common.finish(env, "attn", rows, summary, ceilings,
                   lambda fig, r: plot(fig, r, head, ceilings["matmul_tflops"]), extra)
     return 0

@@ -16,6 +16,8 @@ Configurations (each skipped with a note when it cannot run):
 - ``triton`` / ``cuda``: our attention and RMSNorm kernels (attn_backend / norm_backend),
   torch.compile(model), fastgpt.optim.FusedAdamW on the same backend. When the compiled run
   fails, it is noted and retried without torch.compile as ``triton-eager`` / ``cuda-eager``.
+- ``auto``: every op on ``backend="auto"`` (checked, then the fastest measured beside torch); its
+  choices are printed after the table.
 
 Reported per configuration: tokens/s (3 warm-up steps, the first compiles; then 20 timed steps
 between two synchronizations), MFU = flops_per_token x tokens/s / the GPU's datasheet dense
@@ -52,6 +54,8 @@ CONFIGS: list[dict[str, Any]] = [
     dict(provider="baseline", ours=False, attn="sdpa", norm="torch", optimizer="torch-fused", compile=True),
     dict(provider="triton", ours=True, attn="triton", norm="triton", optimizer="triton", compile=True),
     dict(provider="cuda", ours=True, attn="cuda", norm="cuda", optimizer="cuda", compile=True),
+    # auto: each op on the backend auto measured fastest (its choices are printed after the table)
+    dict(provider="auto", ours=True, attn="auto", norm="auto", optimizer="auto", compile=True),
     dict(provider="baseline-eager", ours=False, attn="sdpa", norm="torch", optimizer="torch-fused", compile=False),
 ]
 LR, BETAS, WEIGHT_DECAY = 6e-4, (0.9, 0.95), 0.1
@@ -220,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                               ("mfu", "MFU"), ("fraction_of_ceiling", "of matmul"), ("peak_mem_gib", "peak GiB"),
                               ("vs_best_baseline", "x best base"), ("best_baseline", "best baseline"),
                               ("loss", "loss")])
-    ours = max(common.find_row(rows, model="gpt2", ours=True), key=lambda r: r["tokens_per_s"], default=None)
+    from fastgpt.ops import autotune_choices
+
+    print("auto's choices:" if autotune_choices() else "auto's choices: none (no kernel competes here)")
+    for key, backend in autotune_choices().items():
+        print(f"  {key}: {backend}")
+    kernels = [r for r in common.find_row(rows, model="gpt2", ours=True) if r["provider"] != "auto"]
+    ours = max(kernels, key=lambda r: r["tokens_per_s"], default=None)  # the summary rates our kernels
     base = common.find_row(rows, model="gpt2", provider="baseline")
     summary = {
         "train_mfu": ours["mfu"] if ours else None,

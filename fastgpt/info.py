@@ -8,6 +8,7 @@ import platform
 
 import torch
 
+from fastgpt.ops import _autotune_cache
 from fastgpt.ops._backend import available_backends, triton_interpreted
 
 
@@ -34,10 +35,24 @@ def report() -> str:
     else:
         lines.append("GPU: none (no CUDA device visible to torch)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lines.append(f"op backends on {device} (auto picks the first usable of cuda, triton, torch):")
+    lines.append(f"op backends on {device} (auto checks and times the usable ones beside torch):")
     for name, reason in available_backends(device).items():
         lines.append(f"  {name:7s} {'available' if reason is None else 'unavailable: ' + reason}")
+    lines.extend(_autotune_lines(device))
     return "\n".join(lines)
+
+
+def _autotune_lines(device: torch.device) -> list[str]:
+    """auto's remembered choices for ``device``, each with the measured times and the rejected kernels."""
+    _autotune_cache.load(device)
+    records = _autotune_cache.records()
+    lines = [f"auto's choices ({_autotune_cache.path(device)}):" if records else
+             f"auto's choices: none measured yet ({_autotune_cache.path(device)})"]
+    for key, record in sorted(records.items()):
+        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(record["ms"].items(), key=lambda kv: kv[1]))
+        rejected = "".join(f"; {b} rejected: {err}" for b, err in record["rejected"].items())
+        lines.append(f"  {key}: {record['backend']} ({times}{rejected})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

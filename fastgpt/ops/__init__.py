@@ -1,49 +1,77 @@
 """Public functional API of fastgpt's ops.
 
-Each op takes ``backend="auto" | "torch" | "triton" | "cuda"``. ``torch`` runs the reference in
-:mod:`fastgpt.ops.reference` (attention through its SDPA form, ``sdpa_attention``); ``triton``
-and ``cuda`` run our kernels. ``auto`` takes the best backend available for the tensors' device
-whose kernel supports the inputs, falling back to the reference otherwise.
+Each op takes ``backend="auto" | "torch" | "triton" | "cuda"``. ``torch`` runs PyTorch's own
+kernels (:mod:`fastgpt.ops.torch_path`: SDPA, ``F.rms_norm``, torch's fused/foreach AdamW), which
+like ours are tested against the pure-PyTorch truth in :mod:`fastgpt.ops.reference`; ``triton``
+and ``cuda`` run our kernels, found through :mod:`fastgpt.ops._registry` and driven by one
+``autograd.Function`` per op (:mod:`fastgpt.ops._autograd`). Every argument of an op reaches the
+kernel's ``unsupported_reason``: an explicit kernel backend raises ``ValueError`` with it, and
+``auto`` never picks a kernel that refuses the inputs. Among those that accept them, ``auto``
+picks by a check and a measurement (:mod:`fastgpt.ops.autotune`).
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import math
 
 import torch
 from torch import Tensor
 
-from fastgpt.ops import reference
-from fastgpt.ops._backend import BackendUnavailable, available_backends, candidates
+from fastgpt.ops import _autotune_cache, autotune, torch_path
+from fastgpt.ops._autograd import FlashAttention, RMSNorm
+from fastgpt.ops._backend import BackendUnavailable, available_backends, require
+from fastgpt.ops._registry import kernel
+from fastgpt.ops.autotune import choose, set_autotune_group
 
 __all__ = [
     "BackendUnavailable",
+    "autotune_choices",
+    "autotune_summary",
     "available_backends",
     "flash_attention",
     "fused_adamw_",
     "resolve_backend",
     "rms_norm",
+    "set_autotune_group",
 ]
 
 
-def _kernel_module(backend: str, op: str) -> ModuleType:
-    return importlib.import_module(f"fastgpt.ops.{backend}.{op}")
+def resolve_backend(backend: str, op: str, device: torch.device, *args: object, **kwargs: object) -> str:
+    """The backend that runs ``op`` (``flash_attention``, ``rms_norm``, ``fused_adamw``) on these arguments.
 
-
-def resolve_backend(backend: str, op: str, device: torch.device, *args: object) -> ModuleType:
-    """The module implementing ``op`` for ``backend`` (the reference module for ``torch``).
-
-    With ``auto``, a kernel whose ``unsupported_reason(*args)`` names a reason is skipped; with an
-    explicit backend, the kernel module itself raises ``ValueError`` for unsupported inputs.
+    ``auto`` chooses (:func:`fastgpt.ops.autotune.choose`); an explicit backend that cannot run
+    here raises ``BackendUnavailable``, one whose kernel refuses the arguments ``ValueError``.
     """
-    for name in candidates(backend, device):
-        if name == "torch":
-            return reference
-        module = _kernel_module(name, op)
-        if backend != "auto" or module.unsupported_reason(*args) is None:
-            return module
-    return reference
+    if backend == "auto":
+        args = (*args, kwargs) if op == "fused_adamw" else args
+        if torch.compiler.is_compiling():
+            from fastgpt.ops import _compiling  # loaded while tracing, when torch._dynamo already is
+
+            return _compiling.choose(op, device, args)
+        return choose(op, device, args)
+    require(backend, device)
+    if backend != "torch":
+        reason = kernel(backend, op).unsupported_reason(*args, **kwargs)
+        if reason is not None:
+            raise ValueError(f"{op} ({backend}): {reason}")
+    return backend
+
+
+def autotune_choices() -> dict[str, str]:
+    """{readable key (op, device, dtype, shape class): backend} for every choice ``auto`` knows."""
+    return {key: record["backend"] for key, record in sorted(_autotune_cache.records().items())}
+
+
+def autotune_summary() -> str:
+    """One line naming the backend ``auto`` runs for each (op, device, dtype, shape class) it met so far.
+
+    For a training log, after the first step: the choices made, read from the cache, or received
+    from rank 0.
+    """
+    choices = autotune.used()
+    if not choices:
+        return "ops (auto): torch path for every op (no kernel of ours competes on this device)"
+    return "ops (auto): " + "; ".join(f"{key} -> {backend}" for key, backend in choices.items())
 
 
 def flash_attention(
@@ -58,13 +86,13 @@ def flash_attention(
 
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq % Hkv == 0 (GQA/MQA when Hkv < Hq) and S >= T
     (S > T only when decoding with a KV cache; the kernels take S == T and ``auto`` falls back to
-    the reference otherwise). Returns (B, Hq, T, D). ``scale`` defaults to 1/sqrt(D).
+    the torch path otherwise). Returns (B, Hq, T, D). ``scale`` defaults to 1/sqrt(D).
     """
     _check_attention(q, k, v)
-    impl = resolve_backend(backend, "flash_attention", q.device, q, k, v)
-    if impl is reference:
-        return reference.sdpa_attention(q, k, v, causal, scale)
-    return impl.flash_attention(q, k, v, causal, scale)
+    name = resolve_backend(backend, "flash_attention", q.device, q, k, v, causal, scale)
+    if name == "torch":
+        return torch_path.flash_attention(q, k, v, causal, scale)
+    return FlashAttention.apply(name, q, k, v, causal, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
 
 
 def rms_norm(
@@ -84,9 +112,11 @@ def rms_norm(
         )
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"rms_norm: residual shape {tuple(residual.shape)} differs from x {tuple(x.shape)}")
+    name = resolve_backend(backend, "rms_norm", x.device, x, weight, eps, residual)
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
-    impl = resolve_backend(backend, "rms_norm", x.device, x, weight)
-    return impl.rms_norm(x, weight, eps, residual)
+    if name == "torch":
+        return torch_path.rms_norm(x, weight, eps, residual)
+    return RMSNorm.apply(name, x, weight, residual, eps)
 
 
 def fused_adamw_(
@@ -107,11 +137,11 @@ def fused_adamw_(
     """One in-place AdamW step over lists of tensors (``steps`` already incremented)."""
     if not params:
         return
-    impl = resolve_backend(backend, "fused_adamw", params[0].device, params)
-    impl.fused_adamw_(
-        params, grads, exp_avgs, exp_avg_sqs, steps,
-        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
-    )
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
+    name = resolve_backend(backend, "fused_adamw", params[0].device, *lists, **hyper)
+    impl = torch_path if name == "torch" else kernel(name, "fused_adamw")
+    impl.fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper)
 
 
 def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:

@@ -1,12 +1,10 @@
-"""Which op backends exist on this machine, and how ``backend="auto"`` resolves.
+"""Which op backends exist on this machine, and why not where they do not.
 
-Backends, best first: ``cuda`` (our CUDA C++ extension ``fastgpt._C``), ``triton`` (our Triton
-kernels) and ``torch`` (the pure-PyTorch reference, always available). ``auto`` picks the best
-one that can run on the tensors' device and supports the inputs; an explicit backend that cannot
-run raises ``BackendUnavailable`` saying why. With ``FASTGPT_CUDA_EMULATE=1``, ``cuda`` is the
-emulated build of csrc/ and runs on CPU tensors only; ``auto`` never picks it (on CPU it stays
-``torch``).
-"""
+Backends: ``cuda`` (our CUDA C++ extension ``fastgpt._C``), ``triton`` (our Triton kernels) and
+``torch`` (PyTorch's own kernels, :mod:`fastgpt.ops.torch_path`, always available). An explicit
+backend that cannot run raises ``BackendUnavailable`` saying why. With ``FASTGPT_CUDA_EMULATE=1``,
+``cuda`` is the emulated build of csrc/ and runs on CPU tensors only. How ``auto`` chooses among
+the usable ones is :mod:`fastgpt.ops.autotune`."""
 
 from __future__ import annotations
 
@@ -90,20 +88,10 @@ def available_backends(device: torch.device | str) -> dict[str, str | None]:
     return {name: unavailable_reason(name, device) for name in BACKENDS}
 
 
-def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
-    """The backends to try, in order, for a requested ``backend`` on ``device``.
-
-    ``auto`` yields every usable backend, best first; the interpreter is never chosen
-    automatically (it is far slower than the reference). An explicit backend yields itself or
-    raises ``BackendUnavailable``.
-    """
-    if backend not in CHOICES:
+def require(backend: str, device: torch.device) -> None:
+    """Raise ``BackendUnavailable`` (saying why) when the explicit ``backend`` cannot run on ``device``."""
+    if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
-    if backend == "auto":
-        if device.type != "cuda":
-            return ("torch",)
-        return tuple(b for b in BACKENDS if unavailable_reason(b, device) is None)
     reason = unavailable_reason(backend, device)
     if reason:
         raise BackendUnavailable(f"backend {backend!r} is unavailable: {reason}")
-    return (backend,)

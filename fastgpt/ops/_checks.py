@@ -7,6 +7,8 @@ None. The backends add their own limits (device, dtypes, head dims) around these
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 
@@ -57,4 +59,41 @@ def residual_problem(x: Tensor, residual: Tensor | None) -> str | None:
         return f"residual shape {tuple(getattr(residual, 'shape', ()))} must equal x's {tuple(x.shape)}"
     if residual.dtype != x.dtype or residual.device != x.device:
         return f"residual ({residual.dtype}, {residual.device}) must match x ({x.dtype}, {x.device})"
+    return None
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def attention_scalars_problem(causal: object, scale: object) -> str | None:
+    """causal is a bool; scale is None or a finite number."""
+    if not isinstance(causal, bool):
+        return f"causal must be a bool, got {causal!r}"
+    if scale is not None and not _is_real(scale):
+        return f"scale must be None or a finite number, got {scale!r}"
+    return None
+
+
+def eps_problem(eps: object) -> str | None:
+    """eps is None (the dtype's eps) or a finite number >= 0."""
+    if eps is not None and not (_is_real(eps) and eps >= 0):
+        return f"eps must be None or a finite number >= 0, got {eps!r}"
+    return None
+
+
+def adamw_scalars_problem(
+    lr: object, beta1: object, beta2: object, eps: object, weight_decay: object, maximize: object
+) -> str | None:
+    """lr a finite number or a one-element floating tensor; the other hyperparameters finite numbers."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            return f"lr must be a number or a one-element floating tensor, got {lr.dtype} of shape {tuple(lr.shape)}"
+    elif not _is_real(lr):
+        return f"lr must be a finite number, got {lr!r}"
+    for name, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps), ("weight_decay", weight_decay)):
+        if not _is_real(value):
+            return f"{name} must be a finite number, got {value!r}"
+    if not isinstance(maximize, bool):
+        return f"maximize must be a bool, got {maximize!r}"
     return None

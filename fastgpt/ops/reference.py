@@ -1,8 +1,8 @@
 """Pure-PyTorch reference ops: the single source of truth.
 
-Every kernel (Triton, CUDA) is tested against these functions, the benchmarks use them as the
-eager baseline, and the ``torch`` backend (CPU fallback) runs them directly. They favour
-clarity over speed, but avoid needless copies so CPU training stays usable.
+Every kernel (Triton, CUDA) and PyTorch's own kernels (the ``torch`` backend,
+:mod:`fastgpt.ops.torch_path`) are tested against these functions, and the benchmarks use them
+as the eager baseline. They favour clarity over speed, but avoid needless copies.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -37,23 +36,6 @@ def flash_attention(
         att = att.masked_fill(mask, float("-inf"))
     out = att.softmax(dim=-1) @ vf  # (B, Hkv, G, T, D)
     return out.reshape(B, Hq, T, D).to(q.dtype)
-
-
-def sdpa_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
-) -> Tensor:
-    """:func:`flash_attention`'s result through ``F.scaled_dot_product_attention``.
-
-    What ``backend="torch"`` runs: PyTorch's fused kernels are several times lighter than the
-    explicit softmax above, on CPU too. Tested against :func:`flash_attention`, which stays the
-    definition. Computes in the input dtype; S > T gets an explicit end-aligned causal mask.
-    """
-    T, S = q.shape[2], k.shape[2]
-    gqa = q.shape[1] != k.shape[1]
-    if causal and S != T:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
 
 
 def rms_norm(

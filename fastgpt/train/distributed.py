@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fastgpt.ops import set_autotune_group
+
 DEFAULT_TIMEOUT_S = 600  # a hung collective fails after this long instead of waiting forever
 PREPARE_TIMEOUT = timedelta(days=7)  # the other ranks wait this long for rank 0 to prepare the data
 
@@ -97,6 +99,7 @@ def setup(device_name: str) -> DistEnv:
     timeout = timedelta(seconds=timeout_s())
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+    set_autotune_group(dist.group.WORLD)  # every rank runs rank 0's choice of op backends
     wait_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=dist.get_world_size(), device=device,
                    wait_group=wait_group)

@@ -29,6 +29,7 @@ from fastgpt.data.sft import cut_note
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
+from fastgpt.ops import autotune_summary
 from fastgpt.train.adapters import prepare_model
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, shard_fsdp, sum_across_ranks, wrap_ddp
@@ -217,9 +218,11 @@ class Trainer:
         # a bar on a terminal (rank 0 only); logs and pipes get a line per log_interval instead
         bar = progress_bar(total=self.total_iters, initial=self.iter, enabled=self.env.is_main, unit="it",
                            dynamic_ncols=True)
-        last = time.perf_counter()
+        last, first_iter = time.perf_counter(), self.iter
         while self.iter < self.total_iters:
             loss = self.train_step()
+            if self.iter == first_iter:  # by now auto has chosen for every op of a step (and of eval)
+                self._say(autotune_summary())
             if loss is not None and not self.started:
                 self._start()
             self.iter += 1

@@ -15,7 +15,6 @@ fixture activates the test-only shim tests/ops/triton_bf16.py for the session.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 
@@ -26,7 +25,9 @@ if not torch.cuda.is_available():  # before anything imports triton or fastgpt's
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("FASTGPT_CUDA_EMULATE", "1")
 
+from fastgpt.ops._accuracy import error_problem  # noqa: E402
 from fastgpt.ops._backend import available_backends  # noqa: E402
+from fastgpt.ops._registry import kernel  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CUDA_EMULATED = DEVICE == "cpu" and os.environ.get("FASTGPT_CUDA_EMULATE") == "1"
@@ -46,7 +47,7 @@ def _backend_or_skip(name: str, device: str = DEVICE) -> str:
     return name
 
 
-def skip_unsupported(backend: str, op: str, *args: object) -> None:
+def skip_unsupported(backend: str, op: str, *args: object, **kwargs: object) -> None:
     """Skip, with the kernel's own reason, inputs that ``backend``'s ``op`` kernel refuses.
 
     ``op`` names the kernel module (``flash_attention``, ``rms_norm``, ``fused_adamw``); ``args``
@@ -54,37 +55,20 @@ def skip_unsupported(backend: str, op: str, *args: object) -> None:
     """
     if backend == "torch":
         return
-    reason = importlib.import_module(f"fastgpt.ops.{backend}.{op}").unsupported_reason(*args)
+    reason = kernel(backend, op).unsupported_reason(*args, **kwargs)
     if reason is not None:
         pytest.skip(f"{backend} {op} refuses these inputs: {reason}")
-
-
-# floor of the absolute tolerance, for results PyTorch happens to get exactly (e.g. a zero gradient)
-_ATOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
 def _assert_err_close(
     name: str, out: torch.Tensor, same_dtype: torch.Tensor, ref: torch.Tensor, factor: float = 2.0
 ) -> None:
-    """err(out, ref) <= factor * err(same_dtype, ref) + atol, errors measured as max |diff|.
+    """err(out, ref) <= factor * err(same_dtype, ref) + atol: :func:`fastgpt.ops._accuracy.error_problem`.
 
-    ``ref`` is computed in float64, ``same_dtype`` by PyTorch in ``out``'s dtype: the kernel may
-    be a small factor less accurate than PyTorch itself. atol is one unit in the last place of
-    ``out``'s dtype at the reference's largest magnitude, and at least ``_ATOL[dtype]``.
+    The criterion ``backend="auto"`` also checks each kernel against on first use.
     """
-    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert out.dtype == same_dtype.dtype, f"{name}: dtype {out.dtype} != {same_dtype.dtype}"
-    diff = (out.double() - ref).abs()
-    torch_err = (same_dtype.double() - ref).abs().max().item() if ref.numel() else 0.0
-    ref_max = ref.abs().max().item() if ref.numel() else 0.0
-    atol = max(torch.finfo(out.dtype).eps * ref_max, _ATOL[out.dtype])
-    bound = factor * torch_err + atol
-    err = diff.max().item() if diff.numel() else 0.0
-    assert not diff.isnan().any(), f"{name}: NaN in output"
-    assert err <= bound, (
-        f"{name}: max error {err:.3e} (mean {diff.mean().item():.3e}) exceeds {factor} * torch's {torch_err:.3e}"
-        f" + atol {atol:.3e} = {bound:.3e}"
-    )
+    problem = error_problem(name, out, same_dtype, ref, factor)
+    assert problem is None, problem
 
 
 @pytest.fixture(params=BACKENDS)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import fastgpt.ops as ops
-from fastgpt.ops import reference
+from fastgpt.ops import reference, torch_path
 
 SCHEDULES = ("interleaved", "ahead")
 
@@ -45,7 +45,7 @@ def emulated(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _same_dtype_attention(q, k, v, causal):
-    return reference.sdpa_attention(q, k, v, causal)
+    return torch_path.flash_attention(q, k, v, causal)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

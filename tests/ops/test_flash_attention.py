@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fastgpt.ops as ops
-from fastgpt.ops import reference
+from fastgpt.ops import reference, torch_path
 
 CUDA = torch.cuda.is_available()
 
@@ -171,7 +171,7 @@ def test_reference_definition_against_the_math(causal, S, device):
     assert out32.dtype == torch.float32
     torch.testing.assert_close(out32.double(), want, rtol=1e-5, atol=1e-5)
     # the torch backend's SDPA form, also for S > T
-    torch.testing.assert_close(reference.sdpa_attention(q, k, v, causal), want)
+    torch.testing.assert_close(torch_path.flash_attention(q, k, v, causal), want)
 
 
 def test_triton_rejects_unsupported_inputs(device, backend_or_skip):
@@ -207,7 +207,10 @@ def test_triton_rejects_unsupported_inputs(device, backend_or_skip):
 
 def test_cuda_rejects_unsupported_inputs(device, backend_or_skip):
     backend_or_skip("cuda")
-    from fastgpt.ops.cuda.flash_attention import flash_attention, unsupported_reason
+    from fastgpt.ops.cuda.flash_attention import unsupported_reason
+
+    def flash_attention(q, k, v):
+        return ops.flash_attention(q, k, v, backend="cuda")
 
     q = torch.randn(1, 2, 16, 96, device=device, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"head dim 96 is not supported \(64, 128\)"):

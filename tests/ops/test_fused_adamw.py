@@ -80,9 +80,9 @@ def test_dense_noncontiguous_param(backend, device, skip_unsupported):
     """A transposed param (dense, not contiguous): grads and moments share its strides."""
     torch.manual_seed(0)
     p = torch.randn(64, 3, device=device).t()
-    skip_unsupported(backend, "fused_adamw", [p])
     g = torch.randn_like(p)
     m, v = 0.1 * torch.randn_like(p), 0.01 * torch.rand_like(p)
+    skip_unsupported(backend, "fused_adamw", [p], [g], [m], [v], _steps([p], 3.0), lr=1e-2, weight_decay=0.1, **HYPER)
     want = _adamw_math(p, g, m, v, 3.0, 1e-2, weight_decay=0.1, **HYPER)
     ops.fused_adamw_([p], [g], [m], [v], _steps([p], 3.0), lr=1e-2, weight_decay=0.1, backend=backend, **HYPER)
     for got, w in zip((p, m, v), want, strict=True):
@@ -188,9 +188,9 @@ def test_triton_rejects_unsupported_inputs(device, backend_or_skip):
         m, v = torch.zeros(4, dtype=m_dtype, device=device), torch.zeros(4, dtype=m_dtype, device=device)
         return [p], [g], [m], [v], _steps([p] * n_steps, 1.0)
 
-    assert fused_adamw.unsupported_reason(args()[0]) is None
-    assert "float64" in fused_adamw.unsupported_reason(args(torch.float64)[0])
     kw = dict(lr=1e-3, weight_decay=0.0, backend="triton", **HYPER)
+    assert fused_adamw.unsupported_reason(*args(), lr=1e-3, weight_decay=0.0, **HYPER) is None
+    assert "float64" in fused_adamw.unsupported_reason(*args(torch.float64), lr=1e-3, weight_decay=0.0, **HYPER)
     with pytest.raises(ValueError, match="float64"):
         ops.fused_adamw_(*args(torch.float64), **kw)
     with pytest.raises(ValueError, match="exp_avgs"):
@@ -210,14 +210,21 @@ def test_triton_rejects_unsupported_inputs(device, backend_or_skip):
 
 def test_cuda_rejects_unsupported_inputs(device, backend_or_skip):
     backend_or_skip("cuda")
-    from fastgpt.ops.cuda.fused_adamw import fused_adamw_, unsupported_reason
+    from fastgpt.ops.cuda.fused_adamw import unsupported_reason
 
     p = torch.randn(10, device=device)
     m, v, s = torch.zeros(10, device=device), torch.zeros(10, device=device), torch.ones((), device=device)
     kw = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
-    assert unsupported_reason([p]) is None
-    assert "float64" in unsupported_reason([p.double()])
-    assert "contiguous" in unsupported_reason([torch.randn(4, 4, device=device).t()])
+
+    def fused_adamw_(*lists, **hyper):
+        ops.fused_adamw_(*lists, **hyper, backend="cuda")
+
+    def reason(p):
+        return unsupported_reason([p], [torch.zeros_like(p)], [torch.zeros_like(p)], [torch.zeros_like(p)], [s], **kw)
+
+    assert reason(p) is None
+    assert "float64" in reason(p.double())
+    assert "contiguous" in reason(torch.randn(4, 4, device=device).t())
     with pytest.raises(ValueError, match="grads has 0 tensors"):
         fused_adamw_([p], [], [m], [v], [s], **kw)
     with pytest.raises(ValueError, match="exp_avgs"):

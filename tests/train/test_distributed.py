@@ -188,3 +188,43 @@ def test_other_ranks_wait_for_a_data_preparation_longer_than_the_timeout(corpus:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the other ranks wait for it without FASTGPT_DIST_TIMEOUT" in proc.stderr
     assert load_state(resolve_checkpoint(tmp_path / "out"))["iter"] == 2
+
+
+AUTOTUNE_DRIVER = """
+import json, os, sys
+import torch
+from fastgpt.ops import _autotune_cache, autotune, rms_norm
+from fastgpt.train import distributed
+
+rank = int(os.environ["RANK"])
+os.environ["FASTGPT_CACHE_DIR"] = os.path.join(sys.argv[1], f"rank{rank}")
+cpu = torch.device("cpu")
+key = autotune.key_of(autotune.spec_of("rms_norm", (torch.zeros(5, 16), None, None, None)))
+if rank == 0:  # a choice only rank 0 remembers, in its cache file
+    _autotune_cache.store(cpu, key, {"backend": "torch", "ms": {"torch": 2.5}, "rejected": {}})
+    _autotune_cache._MEMORY.clear()
+
+def tune(spec, supported):
+    assert rank == 0, f"rank {rank} measured instead of taking rank 0's choice"
+    return {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {}}
+
+autotune.tune = tune
+distributed.setup("cpu")
+for shape in ((3, 8), (3, 8), (5, 16)):  # the repeat is answered without a collective
+    rms_norm(torch.randn(*shape), None)
+print("used", json.dumps({k: _autotune_cache.records()[k]["ms"] for k in autotune.used()}))
+distributed.teardown()
+"""
+
+
+def test_every_rank_takes_rank_0s_op_choices(tmp_path: Path) -> None:
+    """distributed.setup sets the autotune group: rank 1 never measures, it receives rank 0's choices,
+    including one rank 0 read from its own cache file; only rank 0 writes a file."""
+    (tmp_path / "driver.py").write_text(AUTOTUNE_DRIVER)
+    proc = _torchrun([str(tmp_path)], script=str(tmp_path / "driver.py"), FASTGPT_DIST_TIMEOUT="60",
+                     FASTGPT_AUTO_SLOW="1", FASTGPT_AUTOTUNE="1", TRITON_INTERPRET="0", FASTGPT_CUDA_EMULATE="0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    used = [json.loads(line.removeprefix("used ")) for line in proc.stdout.splitlines() if line.startswith("used ")]
+    assert len(used) == 2 and used[0] == used[1], proc.stdout
+    assert sorted(ms["torch"] for ms in used[0].values()) == [1.0, 2.5], used
+    assert not (tmp_path / "rank1").exists()

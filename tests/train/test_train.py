@@ -173,6 +173,7 @@ def test_the_vocabulary_the_tokenizer_sets_is_logged(tmp_path: Path, corpus: Pat
     err = capsys.readouterr().err
     saved = fastgpt.load(tmp_path / "out")[0].config.vocab_size
     assert saved < 999 and f"model.vocab_size=999 set to {saved}, the vocabulary of data.tokenizer='char'" in err
+    assert err.count("ops (auto): ") == 1, err  # the backends auto runs, logged once
 
 
 def test_recipe_flag_picks_the_built_in_recipe(tmp_path: Path, corpus: Path, monkeypatch, cli_error) -> None:

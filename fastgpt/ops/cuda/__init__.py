@@ -5,7 +5,7 @@ custom ops (schemas and CUDA implementations in ``csrc/ops.cpp``). With ``FASTGP
 it loads the emulated build of the same sources instead (:mod:`fastgpt.ops.cuda.emulated_build`,
 built on first use): the ops then run the kernels on CPU tensors. ``flash_attention``,
 ``rms_norm`` and ``fused_adamw`` each add the fake (meta) implementations for ``torch.compile``, the
-``autograd.Function`` and the public function with its ``unsupported_reason``. ``fastgpt.ops``
+host functions with the interface of :mod:`fastgpt.ops._registry` and their ``unsupported_reason``. ``fastgpt.ops``
 imports them lazily for ``backend="cuda"``, only when the extension loads; importing them
 without it raises ``ImportError``.
 """

@@ -225,12 +225,21 @@ def build(csrc: Path | None = None) -> Path:
     return lib
 
 
+_LOADED: list[Path] = []
+
+
 @functools.cache
 def load() -> Path:
     """Build if needed and load the emulated library (registers torch.ops.fastgpt.* on CPU)."""
     lib = build()
     torch.ops.load_library(str(lib))
+    _LOADED.append(lib)
     return lib
+
+
+def loaded_library() -> Path | None:
+    """The emulated library this process loaded (its name holds the hash of its objects), or None."""
+    return _LOADED[-1] if _LOADED else None
 
 
 @functools.cache

@@ -25,20 +25,18 @@ layouts are copied to contiguous first, costing one extra read and write of that
 
 Limits: CUDA tensors on sm80+ (A100, H100), q, k, v of one dtype, float16 or bfloat16 (float32
 is not supported: use the Triton or torch backend); head dim 64 or 128; k/v as long as q (no
-KV-cache decoding, S == T); any T >= 1. Outside these :func:`flash_attention` raises ValueError
-and :func:`unsupported_reason` names the reason (``backend="auto"`` then falls back). Not twice
+KV-cache decoding, S == T); any T >= 1. Outside these :func:`unsupported_reason` names the reason:
+``fastgpt.ops.flash_attention`` then raises ValueError for ``backend="cuda"``, and ``auto`` falls back. Not twice
 differentiable.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 import fastgpt.ops.cuda  # noqa: F401  (loads fastgpt._C, registering torch.ops.fastgpt.*)
-from fastgpt.ops._checks import attention_shapes_problem, attention_tensors_problem
+from fastgpt.ops._checks import attention_scalars_problem, attention_shapes_problem, attention_tensors_problem
 
 HEAD_DIMS = (64, 128)
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -64,27 +62,24 @@ def _kernel_layout(t: Tensor) -> Tensor:
     return t if ok else t.contiguous()
 
 
-class _FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Tensor:
-        q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
-        out, lse = torch.ops.fastgpt.flash_attn_fwd(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        dout = _kernel_layout(dout.to(q.dtype))
-        dq, dk, dv = torch.ops.fastgpt.flash_attn_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None
+def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    """Forward: ``(out (B, Hq, T, D), lse (B, Hq, T) fp32, natural log)``; inputs already validated."""
+    return torch.ops.fastgpt.flash_attn_fwd(_kernel_layout(q), _kernel_layout(k), _kernel_layout(v), causal, scale)
 
 
-def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+def flash_attn_bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward: ``(dq, dk, dv)``; dk/dv summed over each group of query heads."""
+    q, k, v, out, dout = (_kernel_layout(t) for t in (q, k, v, out, dout))
+    return torch.ops.fastgpt.flash_attn_bwd(dout, q, k, v, out, lse, causal, scale)
+
+
+def unsupported_reason(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
+) -> str | None:
     """Why these inputs are outside the kernels' limits (None when they are supported)."""
-    reason = attention_tensors_problem(q, k, v)
+    reason = attention_tensors_problem(q, k, v) or attention_scalars_problem(causal, scale)
     if reason is not None:
         return reason
     reason = fastgpt.ops.cuda.device_problem(q.device)
@@ -105,16 +100,3 @@ def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     if B > 65535 or Hq > 65535:
         return f"batch ({B}) and query heads ({Hq}) must each be at most 65535"
     return None
-
-
-def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale [+ causal mask]) v; differentiable w.r.t. q, k and v.
-
-    q: (B, Hq, T, D); k, v: (B, Hkv, T, D) with Hq % Hkv == 0. Returns (B, Hq, T, D) in q's dtype
-    and layout. ``scale`` defaults to 1/sqrt(D). Raises ``ValueError`` outside the kernels' limits.
-    """
-    reason = unsupported_reason(q, k, v)
-    if reason is not None:
-        raise ValueError(f"flash_attention (cuda): {reason}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _FlashAttention.apply(q, k, v, causal, scale)

@@ -21,7 +21,8 @@ elements wide when the tensor's pointers are aligned. Offsets are 64-bit: a tens
 Limits: CUDA tensors on one device; params contiguous, float32, float16 or bfloat16; each grad
 of its param's dtype and size, contiguous; exp_avgs and exp_avg_sqs float32 and contiguous;
 steps float32 one-element tensors (moved to the params' device if they are elsewhere). Outside
-these :func:`fused_adamw_` raises ValueError and :func:`unsupported_reason` says why. fp16/bf16
+these :func:`unsupported_reason` says why (``fastgpt.ops.fused_adamw_`` then raises ValueError for
+``backend="cuda"``; ``auto`` falls back). fp16/bf16
 params are rounded to nearest after each step (no fp32 master copy is kept here).
 """
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 import fastgpt.ops.cuda  # noqa: F401  (loads fastgpt._C, registering torch.ops.fastgpt.*)
+from fastgpt.ops._checks import adamw_scalars_problem
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -40,8 +42,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr_tensor, lr, beta1, beta2, 
     return None
 
 
-def unsupported_reason(params: list[Tensor]) -> str | None:
-    """Why these params are outside the kernel's limits (None when they are supported)."""
+def _params_problem(params: list[Tensor]) -> str | None:
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             return f"params[{i}] is not a tensor"
@@ -57,8 +58,25 @@ def unsupported_reason(params: list[Tensor]) -> str | None:
     return None
 
 
-def _check(params, grads, exp_avgs, exp_avg_sqs, steps) -> str | None:
-    reason = unsupported_reason(params)
+def unsupported_reason(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool = False,
+) -> str | None:
+    """Why these inputs are outside the kernel's limits (None when they are supported)."""
+    reason = adamw_scalars_problem(lr, beta1, beta2, eps, weight_decay, maximize)
+    if reason is not None:
+        return reason
+    reason = _params_problem(params)
     if reason is not None:
         return reason
     for name, ts in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs), ("steps", steps)):
@@ -94,12 +112,9 @@ def fused_adamw_(
 ) -> None:
     """One in-place AdamW step over lists of tensors; ``steps`` already incremented by the caller.
 
-    ``lr`` is a float or a one-element tensor (read on the device, no host sync). Raises
-    ``ValueError`` for inputs outside the kernel's limits.
+    ``lr`` is a float or a one-element tensor (read on the device, no host sync). Inputs are
+    checked by :func:`unsupported_reason` before.
     """
-    reason = _check(params, grads, exp_avgs, exp_avg_sqs, steps)
-    if reason is not None:
-        raise ValueError(f"fused_adamw_ (cuda): {reason}")
     if not params:
         return
     device = params[0].device
@@ -107,8 +122,6 @@ def fused_adamw_(
     steps = [s if s.device == device else s.to(device, non_blocking=True) for s in steps]
     lr_tensor = None
     if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"fused_adamw_ (cuda): lr must be a one-element tensor, got shape {tuple(lr.shape)}")
         if lr.device == device:
             lr_tensor = lr.detach().reshape(()).to(torch.float32)
         else:

@@ -18,8 +18,9 @@ fp32 partial sums over rows, then an ordered sum of the chunks (no atomics).
 Limits: CUDA tensors; x float32, float16 or bfloat16 with 1 <= N <= 65536 elements per row;
 weight (N,) of any of those dtypes (used in fp32; a non-fp32 weight is converted, one tiny
 copy); residual of x's shape and dtype. Non-contiguous x, residual or gradients are copied to
-contiguous first. Outside these :func:`rms_norm` raises ValueError and
-:func:`unsupported_reason` says why. Not twice differentiable.
+contiguous first. Outside these :func:`unsupported_reason` says why:
+``fastgpt.ops.rms_norm`` then raises ValueError for ``backend="cuda"``, and ``auto`` falls back.
+Not twice differentiable.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 import fastgpt.ops.cuda  # noqa: F401  (loads fastgpt._C, registering torch.ops.fastgpt.*)
-from fastgpt.ops._checks import residual_problem, rms_norm_shapes_problem
+from fastgpt.ops._checks import eps_problem, residual_problem, rms_norm_shapes_problem
 
 MAX_N = 65536
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -47,28 +48,25 @@ def _(dout: Tensor, dh: Tensor | None, h: Tensor, weight: Tensor | None, rstd: T
     return torch.empty(h.shape, dtype=h.dtype, device=h.device), dweight
 
 
-class _RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, residual: Tensor | None, eps: float):
-        y, h, rstd = torch.ops.fastgpt.rms_norm_fwd(x, weight, residual, eps)
-        ctx.has_residual = residual is not None
-        ctx.save_for_backward(h if residual is not None else x, weight, rstd)
-        return (y, h) if residual is not None else y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor, dh: Tensor | None = None):
-        h, weight, rstd = ctx.saved_tensors
-        dh = dh.to(h.dtype) if dh is not None else None
-        dx, dw = torch.ops.fastgpt.rms_norm_bwd(dy.to(h.dtype), dh, h, weight, rstd)
-        dweight = dw if weight is not None and ctx.needs_input_grad[1] else None
-        # d(x + residual)/dx = d(x + residual)/dresidual: both get dx, as autograd's own add does
-        return dx, dweight, dx if ctx.has_residual else None, None
+def rms_norm_fwd(
+    x: Tensor, weight: Tensor | None, residual: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward: ``(y like x, h like x or empty without residual, rstd fp32)``; inputs already validated."""
+    return torch.ops.fastgpt.rms_norm_fwd(x, weight, residual, eps)
 
 
-def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
+def rms_norm_bwd(
+    dy: Tensor, dh: Tensor | None, h: Tensor, weight: Tensor | None, rstd: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Backward: ``(dx like h, dweight like weight or empty without weight)``."""
+    return torch.ops.fastgpt.rms_norm_bwd(dy, dh, h, weight, rstd)
+
+
+def unsupported_reason(
+    x: Tensor, weight: Tensor | None, eps: float | None = None, residual: Tensor | None = None
+) -> str | None:
     """Why these inputs are outside the kernels' limits (None when they are supported)."""
-    reason = rms_norm_shapes_problem(x, weight, MAX_N)
+    reason = rms_norm_shapes_problem(x, weight, MAX_N) or residual_problem(x, residual) or eps_problem(eps)
     if reason is not None:
         return reason
     reason = fastgpt.ops.cuda.device_problem(x.device)
@@ -78,18 +76,3 @@ def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
         if t is not None and t.dtype not in _DTYPES:
             return f"{name}'s dtype {t.dtype} is not supported (float32, float16, bfloat16)"
     return None
-
-
-def rms_norm(
-    x: Tensor, weight: Tensor | None, eps: float | None = None, residual: Tensor | None = None
-) -> Tensor | tuple[Tensor, Tensor]:
-    """RMSNorm of x (..., N) over the last dim; differentiable w.r.t. x, weight and residual.
-
-    Returns y like x, or ``(y, x + residual)`` when ``residual`` (like x) is given. ``eps`` None
-    means ``torch.finfo(x.dtype).eps``. Raises ``ValueError`` outside the kernels' limits.
-    """
-    reason = unsupported_reason(x, weight) or residual_problem(x, residual)
-    if reason is not None:
-        raise ValueError(f"rms_norm (cuda): {reason}")
-    eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
-    return _RMSNorm.apply(x, weight, residual, eps)

@@ -1,9 +1,10 @@
 """Triton kernels for fastgpt's ops, one file per op.
 
-``flash_attention``, ``rms_norm`` and ``fused_adamw`` each hold their kernels, the host launcher
-(which validates inputs and raises ``ValueError`` outside the kernel's limits), the
-``torch.library`` custom ops and the ``autograd.Function``. ``fastgpt.ops`` imports them lazily
-for ``backend="triton"``; nothing heavy happens at package import. Set ``TRITON_INTERPRET=1``
+``flash_attention``, ``rms_norm`` and ``fused_adamw`` each hold their kernels, the host launchers
+with the interface of :mod:`fastgpt.ops._registry`, the ``torch.library`` custom ops and the op's
+``unsupported_reason``; one ``autograd.Function`` per op (:mod:`fastgpt.ops._autograd`) drives
+them. ``fastgpt.ops`` imports them lazily for ``backend="triton"`` (and when ``auto`` considers
+Triton); nothing heavy happens at package import. Set ``TRITON_INTERPRET=1``
 (before importing these modules) to run the kernels slowly on CPU tensors.
 """
 

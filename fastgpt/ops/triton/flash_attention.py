@@ -13,7 +13,8 @@ How:
 - forward: one program per (query block, batch x query head) makes a single pass over the K/V
   blocks with an online softmax in base 2 (log2(e) folded into the scale, so every exponential
   is an ``exp2``), accumulating in fp32. Nothing of size T x T is ever stored: memory is O(T).
-  It saves the log-sum-exp of each row (base 2, fp32, (B, Hq, T)) for the backward.
+  It saves the log-sum-exp of each row (natural log as the CUDA kernels, fp32, (B, Hq, T)) for the
+  backward.
 - causal: key blocks entirely above the diagonal are skipped by the loop bounds; only the
   diagonal blocks (and the ragged last block when T is not a multiple of the block) are masked.
 - backward: a preprocess kernel computes delta = rowsum(dO * out); one kernel computes dK and dV
@@ -31,14 +32,13 @@ fp16, bf16, fp32 (bf16 under the interpreter only where it computes bf16 by valu
 :func:`fastgpt.ops.triton.interpreter_bf16_problem`); head dim <= 256; k/v as long as q (no
 KV-cache decoding: S == T); per-head extents below 2^31 elements. fp32 inputs use IEEE fp32 dot products
 (no TF32) so they are as accurate as PyTorch's fp32 attention, and slow. Outside these limits
-:func:`flash_attention` raises ``ValueError`` and :func:`unsupported_reason` names the reason
-(``backend="auto"`` then falls back to the reference). Not twice differentiable.
+:func:`unsupported_reason` names the reason: ``fastgpt.ops.flash_attention`` then raises
+``ValueError`` for ``backend="triton"``, and ``auto`` falls back. Not twice differentiable.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from fastgpt.ops._backend import triton_interpreted
-from fastgpt.ops._checks import attention_shapes_problem, attention_tensors_problem
+from fastgpt.ops._checks import attention_scalars_problem, attention_shapes_problem, attention_tensors_problem
 from fastgpt.ops.triton import interpreter_bf16_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
@@ -219,7 +219,8 @@ def _flash_attn_fwd_kernel(
     acc = acc / l_i[:, None]
     o_ptrs = Out + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=(offs_m[:, None] < T) & (offs_d[None, :] < HEAD_DIM))
-    tl.store(Lse + offs_m, m_i + tl.log2(l_i), mask=offs_m < T)
+    # stored in natural log, the CUDA kernels' convention: log2-sum-exp2 * ln(2)
+    tl.store(Lse + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=offs_m < T)
 
 
 @triton.jit
@@ -482,7 +483,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 @triton_op("fastgpt::flash_attn_fwd_triton", mutates_args=())
 def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
-    """Forward: ``(out (B, Hq, T, D), lse (B, Hq, T) fp32, base 2)``; inputs already validated."""
+    """Forward: ``(out (B, Hq, T, D), lse (B, Hq, T) fp32, natural log)``; inputs already validated."""
     B, H, T, D = q.shape
     # out is a (B, H, T, D) view of (B, T, H, D) memory, so the usual transpose back is free
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
@@ -513,6 +514,7 @@ def flash_attn_bwd(
     if q.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
     block_d = _block_d(D)
+    lse = lse * _LOG2E  # the kernels work in base 2
     delta = torch.empty_like(lse)
     pre_block = 16 if _INTERPRET else 64
     wrap_triton(_flash_attn_bwd_preprocess_kernel)[(triton.cdiv(T, pre_block), B * H)](
@@ -544,27 +546,11 @@ def flash_attn_bwd(
     return dq, dk, dv
 
 
-class _FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Tensor:
-        out, lse = torch.ops.fastgpt.flash_attn_fwd_triton(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.ops.fastgpt.flash_attn_bwd_triton(
-            dout.to(q.dtype), q, k, v, out, lse, ctx.causal, ctx.scale
-        )
-        return dq, dk, dv, None, None
-
-
-def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+def unsupported_reason(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
+) -> str | None:
     """Why these inputs are outside the kernel's limits (None when they are supported)."""
-    reason = attention_tensors_problem(q, k, v)
+    reason = attention_tensors_problem(q, k, v) or attention_scalars_problem(causal, scale)
     if reason is not None:
         return reason
     if q.device.type != "cuda" and not (q.device.type == "cpu" and _INTERPRET):
@@ -583,16 +569,3 @@ def unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         if (t.shape[2] - 1) * abs(t.stride(2)) + (D - 1) * abs(t.stride(3)) >= 2**31:
             return f"{name}'s per-head extent exceeds 2^31 elements (strides {t.stride()})"
     return None
-
-
-def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale [+ causal mask]) v; differentiable w.r.t. q, k and v.
-
-    q: (B, Hq, T, D); k, v: (B, Hkv, T, D) with Hq % Hkv == 0. Returns (B, Hq, T, D) in q's dtype.
-    ``scale`` defaults to 1/sqrt(D). Raises ``ValueError`` for inputs outside the kernel's limits.
-    """
-    reason = unsupported_reason(q, k, v)
-    if reason is not None:
-        raise ValueError(f"flash_attention (triton): {reason}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _FlashAttention.apply(q, k, v, causal, scale)

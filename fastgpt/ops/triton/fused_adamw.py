@@ -28,8 +28,9 @@ computes bf16 by value, see :func:`fastgpt.ops.triton.interpreter_bf16_problem`)
 params of matching shape and strides, dense (contiguous or another non-overlapping layout
 shared by the four tensors); exp_avg and exp_avg_sq fp32 like the param; steps scalar tensors
 (fp32 ones on the params' device are read in place, others are first copied there);
-0 <= beta < 1. Outside these :func:`fused_adamw_` raises ``ValueError`` and
-:func:`unsupported_reason` says why. fp16/bf16 params are rounded to nearest after each step (no
+0 <= beta < 1. Outside these :func:`unsupported_reason` says why (``fastgpt.ops.fused_adamw_``
+then raises ``ValueError`` for ``backend="triton"``; ``auto`` falls back).
+fp16/bf16 params are rounded to nearest after each step (no
 fp32 master copy is kept here).
 """
 
@@ -44,6 +45,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgpt.ops._backend import triton_interpreted
+from fastgpt.ops._checks import adamw_scalars_problem
 from fastgpt.ops.triton import interpreter_bf16_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
@@ -201,8 +203,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr_tensor, lr, beta1, beta2, 
     return None
 
 
-def unsupported_reason(params: list[Tensor]) -> str | None:
-    """Why these params are outside the kernel's limits (None when they are supported)."""
+def _params_problem(params: list[Tensor]) -> str | None:
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             return f"params[{i}] is not a tensor"
@@ -219,12 +220,29 @@ def unsupported_reason(params: list[Tensor]) -> str | None:
     return None
 
 
-def _check(params, grads, exp_avgs, exp_avg_sqs, steps, beta1: float, beta2: float) -> str | None:
+def unsupported_reason(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool = False,
+) -> str | None:
+    """Why these inputs are outside the kernel's limits (None when they are supported)."""
+    reason = adamw_scalars_problem(lr, beta1, beta2, eps, weight_decay, maximize)
+    if reason is not None:
+        return reason
     lists = {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "steps": steps}
     for name, ts in lists.items():
         if len(ts) != len(params):
             return f"{name} has {len(ts)} tensors for {len(params)} params"
-    reason = unsupported_reason(params)
+    reason = _params_problem(params)
     if reason is not None:
         return reason
     for i, (p, g, m, v, s) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True)):
@@ -260,12 +278,9 @@ def fused_adamw_(
 ) -> None:
     """One in-place AdamW step over lists of tensors; ``steps`` already incremented by the caller.
 
-    ``lr`` is a float or a 0-d tensor (read on the device, no host sync). Raises ``ValueError``
-    for inputs outside the kernel's limits.
+    ``lr`` is a float or a 0-d tensor (read on the device, no host sync). Inputs are checked
+    by :func:`unsupported_reason` before.
     """
-    reason = _check(params, grads, exp_avgs, exp_avg_sqs, steps, beta1, beta2)
-    if reason is not None:
-        raise ValueError(f"fused_adamw_ (triton): {reason}")
     if not params:
         return
     device = params[0].device
@@ -274,8 +289,6 @@ def fused_adamw_(
         steps = torch.stack([s.detach().reshape(()).float() for s in steps]).to(device).unbind()
     lr_tensor = None
     if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"fused_adamw_ (triton): lr must be a scalar tensor, got shape {tuple(lr.shape)}")
         if lr.device == device:
             lr_tensor = lr.detach().reshape(()).to(torch.float32)
         else:

@@ -19,8 +19,9 @@ Limits: CUDA tensors (CPU only under ``TRITON_INTERPRET=1``); x in fp16, bf16 or
 under the interpreter only where it computes bf16 by value, see
 :func:`fastgpt.ops.triton.interpreter_bf16_problem`), any shape (..., N) with 1 <= N <= 65536 (non-contiguous inputs are
 copied to rows); weight None (no affine) or (N,) in any of those dtypes; residual like x.
-Outputs are in x's dtype, dweight in weight's dtype. Outside the limits :func:`rms_norm` raises
-``ValueError`` and :func:`unsupported_reason` says why. Not twice differentiable.
+Outputs are in x's dtype, dweight in weight's dtype. Outside the limits :func:`unsupported_reason` says why:
+``fastgpt.ops.rms_norm`` then raises ``ValueError`` for ``backend="triton"``, and ``auto`` falls back.
+Not twice differentiable.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from fastgpt.ops._backend import triton_interpreted
-from fastgpt.ops._checks import residual_problem, rms_norm_shapes_problem
+from fastgpt.ops._checks import eps_problem, residual_problem, rms_norm_shapes_problem
 from fastgpt.ops.triton import interpreter_bf16_problem
 
 # read once: TRITON_INTERPRET only takes effect if set before triton is imported
@@ -212,7 +213,7 @@ def _bwd_programs(x: Tensor, m: int, single: bool) -> int:
 
 @triton_op("fastgpt::rms_norm_fwd_triton", mutates_args=())
 def rms_norm_fwd(
-    x: Tensor, weight: Tensor | None, eps: float, residual: Tensor | None
+    x: Tensor, weight: Tensor | None, residual: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Forward: ``(y like x, h like x or empty (0,) without residual, rstd (M,) fp32)``."""
     n = x.shape[-1]
@@ -236,7 +237,7 @@ def rms_norm_fwd(
 
 @triton_op("fastgpt::rms_norm_bwd_triton", mutates_args=())
 def rms_norm_bwd(
-    dy: Tensor, h: Tensor, weight: Tensor | None, rstd: Tensor, dh: Tensor | None
+    dy: Tensor, dh: Tensor | None, h: Tensor, weight: Tensor | None, rstd: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Backward: ``(dx like h, dweight like weight or empty (0,) without weight)``."""
     n = h.shape[-1]
@@ -265,28 +266,11 @@ def rms_norm_bwd(
     return dx.view(h.shape), dw
 
 
-class _RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, residual: Tensor | None, eps: float):
-        y, h, rstd = torch.ops.fastgpt.rms_norm_fwd_triton(x, weight, eps, residual)
-        ctx.has_residual = residual is not None
-        ctx.save_for_backward(h if residual is not None else x, weight, rstd)
-        return (y, h) if residual is not None else y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor, dh: Tensor | None = None):
-        h, weight, rstd = ctx.saved_tensors
-        dh = dh.to(h.dtype) if dh is not None else None
-        dx, dw = torch.ops.fastgpt.rms_norm_bwd_triton(dy.to(h.dtype), h, weight, rstd, dh)
-        dweight = dw if weight is not None and ctx.needs_input_grad[1] else None
-        # d(x + residual)/dx = d(x + residual)/dresidual: both get dx, as autograd's own add does
-        return dx, dweight, dx if ctx.has_residual else None, None
-
-
-def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
+def unsupported_reason(
+    x: Tensor, weight: Tensor | None, eps: float | None = None, residual: Tensor | None = None
+) -> str | None:
     """Why these inputs are outside the kernel's limits (None when they are supported)."""
-    reason = rms_norm_shapes_problem(x, weight, MAX_N)
+    reason = rms_norm_shapes_problem(x, weight, MAX_N) or residual_problem(x, residual) or eps_problem(eps)
     if reason is not None:
         return reason
     if x.device.type != "cuda" and not (x.device.type == "cpu" and _INTERPRET):
@@ -297,18 +281,3 @@ def unsupported_reason(x: Tensor, weight: Tensor | None) -> str | None:
     if _INTERPRET and torch.bfloat16 in (x.dtype, getattr(weight, "dtype", None)) and interpreter_bf16_problem():
         return interpreter_bf16_problem()
     return None
-
-
-def rms_norm(
-    x: Tensor, weight: Tensor | None, eps: float | None = None, residual: Tensor | None = None
-) -> Tensor | tuple[Tensor, Tensor]:
-    """RMSNorm of x (..., N) over the last dim; differentiable w.r.t. x, weight and residual.
-
-    Returns y like x, or ``(y, x + residual)`` when ``residual`` (like x) is given. ``eps`` None
-    means ``torch.finfo(x.dtype).eps``. Raises ``ValueError`` outside the kernel's limits.
-    """
-    reason = unsupported_reason(x, weight) or residual_problem(x, residual)
-    if reason is not None:
-        raise ValueError(f"rms_norm (triton): {reason}")
-    eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
-    return _RMSNorm.apply(x, weight, residual, eps)
