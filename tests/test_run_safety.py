@@ -150,12 +150,12 @@ def test_readers_never_fail_while_a_run_saves_and_prunes(corpus: Path, tmp_path:
 KILL_AT_FIRST_POINTER = """
 import os, signal
 from fastgpt.__main__ import run
-from fastgpt.train import checkpoint, cli as train
+from fastgpt.train import cli as train, run_dir
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # ckpt-000002 is renamed into place; no pointer written yet
 
-checkpoint._write_pointer = die
+run_dir.write_pointer = die
 run(train.main)
 """
 

@@ -46,8 +46,8 @@ from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
 from fastgpt.train import adapters, run_dir
 from fastgpt.train.preflight import check_weights_fit
+from fastgpt.train.run_dir import POINTERS
 
-POINTERS = ("latest", "best")
 SHARDS = "sharded"  # the DCP folder of a sharded checkpoint
 RACE_RETRIES = 20  # resolve a run's pointer again when the checkpoint it named was pruned during the read
 
@@ -94,29 +94,11 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_pointer(out, "latest", name)
+    run_dir.write_pointer(out, "latest", name)
     if best or not (out / "best").exists():
-        _write_pointer(out, "best", name)
-    _prune(out, keep)
+        run_dir.write_pointer(out, "best", name)
+    run_dir.prune(out, keep)
     return final
-
-
-def later_checkpoints(out_dir: str | Path, ckpt: Path) -> list[Path]:
-    """The checkpoints of the run in ``out_dir`` saved after ``ckpt`` (none when ``ckpt`` is not one of them)."""
-    out = Path(out_dir)
-    if run_dir.inside(out, ckpt.name) is None:
-        return []
-    return [c for c in run_dir.checkpoints(out) if run_dir.step_of(c) > run_dir.step_of(ckpt)]
-
-
-def rewind(out_dir: str | Path, ckpt: Path) -> None:
-    """Point ``latest`` at ``ckpt``, and ``best`` too when it names a later checkpoint: a run continued
-    from ``ckpt`` then never names, nor keeps as best, what the abandoned later steps saved."""
-    out = Path(out_dir)
-    _write_pointer(out, "latest", ckpt.name)
-    best = run_dir.pointed(out, "best")
-    if best is None or run_dir.step_of(best) > run_dir.step_of(ckpt):
-        _write_pointer(out, "best", ckpt.name)
 
 
 def staging_dir(out_dir: str | Path, step: int) -> Path:
@@ -382,37 +364,6 @@ def _write_failure(exc: Exception, folder: Path) -> OSError:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _write_pointer(out: Path, which: str, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{which}-", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / which)
-
-
-def _prune(out: Path, newest: int) -> None:
-    """Delete the checkpoints that are neither ``best`` nor among the ``newest`` up to ``latest`` (those
-    after it belong to a run resumed from an earlier one), and what interrupted saves left (temporary
-    folders, pointers)."""
-    keep = set()
-    for pointer in POINTERS:
-        try:
-            target = run_dir.pointed(out, pointer)
-        except ValueError:  # a pointer this run did not write: prune nothing
-            return
-        keep |= {target.name} if target is not None else set()
-        if pointer == "latest" and target is not None:
-            kept = [c for c in run_dir.checkpoints(out) if run_dir.step_of(c) <= run_dir.step_of(target)]
-            keep |= {c.name for c in kept[-newest:]}
-    for entry in out.iterdir():
-        stale_ckpt = entry.name.startswith("ckpt-") and entry.name not in keep
-        if entry.is_dir() and (stale_ckpt or entry.name.startswith(".ckpt-")):
-            shutil.rmtree(entry, ignore_errors=True)
-        elif entry.is_file() and entry.name.startswith(tuple(f".{p}-" for p in POINTERS)):
-            entry.unlink(missing_ok=True)
 
 
 def _fsync_tree(path: Path) -> None:

@@ -18,6 +18,7 @@ from fastgpt.config import RESUME_CHANGEABLE, Config
 from fastgpt.data import TokenLoader
 from fastgpt.tokenizers import Tokenizer
 from fastgpt.train import checkpoint as ckpt
+from fastgpt.train import run_dir
 from fastgpt.train.distributed import DistEnv, gather_objects, sum_across_ranks
 from fastgpt.train.rng import rng_state, set_rng_state
 
@@ -95,7 +96,7 @@ class Checkpointer:
         scheduler, scaler, loader and RNGs; return its path, counters (``iter``, ``best_val``,
         ``nonfinite``) and a warning when the data is not what the checkpoint trained on (else None)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
-        later = ckpt.later_checkpoints(self.out_dir, path)
+        later = run_dir.later_checkpoints(self.out_dir, path)
         if later and not self.cfg.train.overwrite:
             raise ckpt.CheckpointError(
                 f"--resume={which} continues from {path.name}, but the run has later checkpoints "
@@ -134,7 +135,7 @@ class Checkpointer:
         if later:
             self.env.barrier()  # every rank has read ``path`` through the old pointers
             if self.env.is_main:
-                ckpt.rewind(self.out_dir, path)
+                run_dir.rewind(self.out_dir, path)
         saved_hash = state.get("data_hash")  # absent from checkpoints older than the field
         warning = None
         if saved_hash is not None and self.data_hash is not None and saved_hash != self.data_hash:

@@ -5,6 +5,8 @@
 * ``checkpoints`` lists the run's checkpoint folders, so that a reader can take the newest complete
   one when a pointer is missing (a run killed after renaming ``ckpt-N`` into place but before
   writing its first pointer).
+* ``write_pointer`` replaces a pointer atomically; ``prune`` deletes the checkpoints no pointer keeps;
+  ``later_checkpoints`` and ``rewind`` serve a run resumed from an earlier checkpoint.
 * ``holds_run`` tells whether a folder holds a run a new (not resumed) run would overwrite.
 * ``RunLock`` is the ``.lock`` file naming the pid of the run training into the folder.
 """
@@ -14,12 +16,15 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from fastgpt.config import folder_error
 
 CKPT_NAME = re.compile(r"ckpt-\d{6,}")
 LOCK = ".lock"
+POINTERS = ("latest", "best")
 RUN_FILES = ("latest", "best", "metrics.jsonl", "config.yaml")
 
 
@@ -70,6 +75,55 @@ def checkpoints(run: Path) -> list[Path]:
 def holds_run(run: Path) -> bool:
     """True when ``run`` holds files of a training run: checkpoints, pointers, metrics, a config."""
     return run.is_dir() and (any((run / f).exists() for f in RUN_FILES) or bool(checkpoints(run)))
+
+
+def later_checkpoints(out_dir: str | Path, ckpt: Path) -> list[Path]:
+    """The checkpoints of the run in ``out_dir`` saved after ``ckpt`` (none when ``ckpt`` is not one of them)."""
+    out = Path(out_dir)
+    if inside(out, ckpt.name) is None:
+        return []
+    return [c for c in checkpoints(out) if step_of(c) > step_of(ckpt)]
+
+
+def rewind(out_dir: str | Path, ckpt: Path) -> None:
+    """Point ``latest`` at ``ckpt``, and ``best`` too when it names a later checkpoint: a run continued
+    from ``ckpt`` then never names, nor keeps as best, what the abandoned later steps saved."""
+    out = Path(out_dir)
+    write_pointer(out, "latest", ckpt.name)
+    best = pointed(out, "best")
+    if best is None or step_of(best) > step_of(ckpt):
+        write_pointer(out, "best", ckpt.name)
+
+
+def write_pointer(out: Path, which: str, name: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{which}-", dir=out)
+    with os.fdopen(fd, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / which)
+
+
+def prune(out: Path, newest: int) -> None:
+    """Delete the checkpoints that are neither ``best`` nor among the ``newest`` up to ``latest`` (those
+    after it belong to a run resumed from an earlier one), and what interrupted saves left (temporary
+    folders, pointers)."""
+    keep = set()
+    for pointer in POINTERS:
+        try:
+            target = pointed(out, pointer)
+        except ValueError:  # a pointer this run did not write: prune nothing
+            return
+        keep |= {target.name} if target is not None else set()
+        if pointer == "latest" and target is not None:
+            kept = [c for c in checkpoints(out) if step_of(c) <= step_of(target)]
+            keep |= {c.name for c in kept[-newest:]}
+    for entry in out.iterdir():
+        stale_ckpt = entry.name.startswith("ckpt-") and entry.name not in keep
+        if entry.is_dir() and (stale_ckpt or entry.name.startswith(".ckpt-")):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file() and entry.name.startswith(tuple(f".{p}-" for p in POINTERS)):
+            entry.unlink(missing_ok=True)
 
 
 class RunLock:

@@ -69,7 +69,7 @@ def straight(corpus: Path) -> list[dict]:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from fastgpt.train import checkpoint
+from fastgpt.train import checkpoint, run_dir
 from fastgpt.train import cli as train
 from fastgpt.__main__ import run
 
@@ -95,11 +95,11 @@ point = sys.argv.pop(1)
 if point == "writing":  # the temporary folder holds weights, config, tokenizer and half the state
     checkpoint.torch.save = die_in_second_save(checkpoint.torch.save)
 elif point == "renamed":  # ckpt-000004 is in place, the pointers still name ckpt-000002
-    checkpoint._write_pointer = die_in_second_save(checkpoint._write_pointer)
+    run_dir.write_pointer = die_in_second_save(run_dir.write_pointer)
 elif point == "pointer":  # latest's new text is in a temporary file, not yet renamed over latest
     checkpoint.os.replace = die_in_second_save(os.replace, lambda src, dst: Path(dst).name == "latest")
 elif point == "pruning":  # the pointers name ckpt-000004, ckpt-000002 is not deleted yet
-    checkpoint._prune = die_in_second_save(checkpoint._prune)
+    run_dir.prune = die_in_second_save(run_dir.prune)
 run(train.main)
 """
 
