@@ -31,7 +31,8 @@ RESUME_CHANGEABLE: dict[str, tuple[str, ...] | str] = {
     "model": ("attn_backend", "norm_backend"),
     "data": ("cache_dir", "num_workers"),
     "train": ("out_dir", "batch_size", "grad_accum_steps", "max_iters", "epochs", "eval_interval", "eval_iters",
-              "log_interval", "ckpt_interval", "keep_checkpoints", "sample_tokens", "device", "compile", "grad_clip"),
+              "log_interval", "ckpt_interval", "keep_checkpoints", "sample_tokens", "device", "compile", "grad_clip",
+              "overwrite"),
     "optim": ("lr", "min_lr", "scheduler", "warmup_iters", "lr_decay_iters", "step_size", "gamma"),
     "eval": "*",
     "logging": "*",
@@ -68,8 +69,9 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
     ``--config`` file and overrides, nested dicts) where ``RESUME_CHANGEABLE`` allows; and one line per
     setting changed (``train.max_iters 5000 -> 8000``).
 
-    A given key equal to the saved value changes nothing; ``model.vocab_size`` is the tokenizer's, as
-    in a new run; ``train.dtype=auto`` stands for the dtype the run chose when it started. Any other
+    A given key equal to the saved value changes nothing; ``train.overwrite`` is false unless given
+    (it lets this command go back to an earlier checkpoint, not later ones); ``model.vocab_size`` is
+    the tokenizer's, as in a new run; ``train.dtype=auto`` stands for the dtype the run chose when it started. Any other
     change raises ValueError naming the key. ``source`` names the saved config in errors.
     """
     try:
@@ -77,6 +79,7 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
     except ValueError as exc:
         raise ValueError(f"{source} does not load: {exc}") from None
     merged = {name: dict(values) for name, values in before.to_dict().items()}
+    merged["train"]["overwrite"] = before.train.overwrite = False  # a permission of one command, not kept
     for section, values in given.items():
         if section not in SECTIONS:
             raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")

@@ -96,7 +96,10 @@ class Checkpointer:
         scheduler, scaler, loader and RNGs; return its path, counters (``iter``, ``best_val``,
         ``nonfinite``) and a warning when the data is not what the checkpoint trained on (else None)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
-        later = run_dir.later_checkpoints(self.out_dir, path)
+        # going back to a checkpoint before latest abandons the later steps; latest itself is where the
+        # run left off, even when a save killed before its pointer left a complete later folder
+        at_latest = path == ckpt.resolve_checkpoint(self.out_dir, "latest")
+        later = [] if at_latest else run_dir.later_checkpoints(self.out_dir, path)
         if later and not self.cfg.train.overwrite:
             raise ckpt.CheckpointError(
                 f"--resume={which} continues from {path.name}, but the run has later checkpoints "

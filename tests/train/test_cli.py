@@ -158,8 +158,10 @@ def test_keep_checkpoints_in_a_real_run(run: Path, corpus: Path, tmp_path: Path,
     out = tmp_path / "kept"
     train_mod.main(_args(corpus, out, "train.max_iters=10", "train.keep_checkpoints=3"))  # saves at 2, 4, ..., 10
     assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-000006", "ckpt-000008", "ckpt-000010"]
-    # resumed from 6 (keep_checkpoints may change): 8 and 10 belong to the branch given up, pruned at the first save
-    train_mod.main(["--resume=ckpt-000006", f"train.out_dir={out}", "train.max_iters=8", "train.keep_checkpoints=2"])
+    # resumed from 6 (keep_checkpoints may change; going back needs train.overwrite=true): 8 and 10 belong
+    # to the branch given up, pruned at the first save
+    train_mod.main(["--resume=ckpt-000006", f"train.out_dir={out}", "train.max_iters=8", "train.keep_checkpoints=2",
+                    "train.overwrite=true"])  # fmt: skip
     assert "resume: train.keep_checkpoints 3 -> 2" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-000006", "ckpt-000008"]
     assert (out / "latest").read_text().strip() == "ckpt-000008"
