@@ -83,12 +83,7 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
     for section, values in given.items():
         if section not in SECTIONS:
             raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")
-        if not isinstance(values, dict):
-            raise ValueError(f"config section {section!r} must be a mapping of keys to values, "
-                             f"got {type(values).__name__}")
-        values = dict(values)
-        if section == "model" and "preset" in values:
-            values = {**preset_fields(str(values.pop("preset"))), **values}
+        values = _section_values(section, values)
         if section == "model":
             values.pop("vocab_size", None)
         if section == "train" and values.get("dtype") == "auto":
@@ -155,15 +150,19 @@ def build_config(raw: dict[str, Any]) -> Config:
             raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")
     sections = {}
     for name, cls in SECTIONS.items():
-        values = raw.get(name) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"config section {name!r} must be a mapping of keys to values, "
-                             f"got {type(values).__name__}")
-        values = dict(values)
-        if name == "model" and "preset" in values:
-            values = {**preset_fields(str(values.pop("preset"))), **values}
-        sections[name] = _make(cls, name, values)
+        sections[name] = _make(cls, name, _section_values(name, raw.get(name) or {}))
     return Config(**sections)
+
+
+def _section_values(section: str, values: Any) -> dict[str, Any]:
+    """A copy of one section's ``key: value`` mapping, a model ``preset`` expanded into its fields."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be a mapping of keys to values, "
+                         f"got {type(values).__name__}")
+    values = dict(values)
+    if section == "model" and "preset" in values:
+        values = {**preset_fields(str(values.pop("preset"))), **values}
+    return values
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:
