@@ -221,8 +221,9 @@ def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Te
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise CheckpointError(f"checkpoint {str(ckpt)!r} does not fit this model: {first}") from None
-    present = {t.data_ptr() for k, t in model.state_dict().items() if k in weights}
-    missing = [k for k in missing if model.state_dict()[k].data_ptr() not in present]
+    tensors = model.state_dict()
+    present = {t.data_ptr() for k, t in tensors.items() if k in weights}
+    missing = [k for k in missing if tensors[k].data_ptr() not in present]
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {str(ckpt)!r} does not fit this model: missing {sorted(missing)[:3]}, "
