@@ -103,6 +103,20 @@ def test_quick_runs_time_the_triton_interpreter(quick_runs) -> None:
                 assert not note["reason"].startswith(("RuntimeError", "InterpreterError", "TypeError")), note
 
 
+def test_dispatch_measures_auto_beside_a_direct_call(tmp_path: Path) -> None:
+    # its choices go to tmp_path; the emulator stays out (its build would be redone there)
+    env = dict(os.environ, FASTGPT_CACHE_DIR=str(tmp_path), FASTGPT_CUDA_EMULATE="0")
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "dispatch.py"), "--calls", "3", "--out", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(_only(tmp_path, "dispatch-*.json").read_text())
+    rows = {(r["op"].split()[0], r["provider"]): r for r in doc["rows"]}
+    assert set(rows) == {(op, p) for op in ("rms_norm", "flash_attention") for p in ("direct", "torch", "auto")}
+    assert all(r["us_per_call"] > 0 for r in rows.values())
+    assert rows["rms_norm", "direct"]["vs_direct"] == 1.0
+    assert len(doc["choices"]) == 2  # auto measured both ops (FASTGPT_AUTO_SLOW on CPU)
+
+
 @pytest.fixture
 def common(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(BENCH_DIR))

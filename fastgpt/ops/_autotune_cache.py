@@ -150,6 +150,11 @@ def records() -> dict[str, dict]:
     return {key: record for table in _MEMORY.values() for key, record in table.items()}
 
 
+def forget() -> None:
+    """Drop every record held in memory (the files stay and are read again when next needed)."""
+    _MEMORY.clear()
+
+
 def load(device: torch.device) -> None:
     """Read ``device``'s file into memory, if not done yet."""
     _table(device)

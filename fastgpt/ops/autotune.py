@@ -45,6 +45,8 @@ TIME_BUDGET_S = 0.002
 _GROUP: list = [None]  # the process group whose rank 0 decides, when set
 _AGREED: dict[str, dict] = {}  # key -> record every rank of the group holds (received from rank 0)
 _USED: dict[str, str] = {}  # key -> backend, for the choices this process used
+_CHOSEN: dict[tuple, str] = {}  # input signature -> backend, for the per-layer ops (see choose)
+_MEMOIZED = ("flash_attention", "rms_norm")
 
 
 def enabled() -> bool:
@@ -354,12 +356,51 @@ def choose(
     -> winner) take only constants; :mod:`fastgpt.ops._compiling` passes versions that
     ``torch.compile`` runs when tracing.
     """
+    signature = _signature(op, args) if pick is _pick and op in _MEMOIZED else None
+    if signature is not None and signature in _CHOSEN:
+        return _CHOSEN[signature]
     if not enabled():
-        return fixed_order(op, device, args)
-    supported = tuple(name for name in candidate_names(str(device)) if _supports(name, op, args))
-    if not supported and not slow_allowed():
-        return "torch"  # nothing to compare: no measurement, nothing recorded
-    return pick(spec_of(op, args), supported)
+        backend = fixed_order(op, device, args)
+    else:
+        supported = tuple(name for name in candidate_names(str(device)) if _supports(name, op, args))
+        if not supported and not slow_allowed():
+            backend = "torch"  # nothing to compare: no measurement, nothing recorded
+        else:
+            backend = pick(spec_of(op, args), supported)
+    if signature is not None:
+        _CHOSEN[signature] = backend
+    return backend
+
+
+def _signature(op: str, args: tuple) -> tuple | None:
+    """Everything of ``args`` that the support checks and the shape class read, cheap to build.
+
+    Each tensor gives its shape, strides, dtype and device; any other argument its type and value
+    (so ``True`` and ``1`` differ). With the environment switches, it determines the choice, so
+    ``choose`` answers a signature it has met from memory: a training step calls the per-layer ops
+    many times with the same inputs, and the checks would otherwise run on every call. None when
+    an argument cannot be hashed (then nothing is remembered).
+    """
+    parts: list[object] = [op, enabled(), slow_allowed()]
+    for a in args:
+        parts.append((a.shape, a.stride(), a.dtype, a.device) if isinstance(a, Tensor) else (type(a), a))
+    signature = tuple(parts)
+    try:
+        hash(signature)
+    except TypeError:
+        return None
+    return signature
+
+
+def forget() -> None:
+    """Forget every choice this process knows: remembered, received, used, cached in memory.
+
+    The cache file stays; the next call of each shape class reads it again (or measures).
+    """
+    _CHOSEN.clear()
+    _AGREED.clear()
+    _USED.clear()
+    cache.forget()
 
 
 def set_autotune_group(group: object | None) -> None:
@@ -373,3 +414,4 @@ def set_autotune_group(group: object | None) -> None:
     """
     _GROUP[0] = group
     _AGREED.clear()
+    _CHOSEN.clear()

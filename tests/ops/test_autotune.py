@@ -25,8 +25,9 @@ def fresh_cache(tmp_path, monkeypatch):
     """An empty choices cache under tmp_path (the CUDA emulator, loaded first, keeps its shared build)."""
     _autotune_cache.stamp(torch.device("cpu"))  # loads the emulated build from the usual cache dir
     monkeypatch.setenv("FASTGPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_autotune_cache, "_MEMORY", {})
-    return tmp_path
+    autotune.forget()
+    yield tmp_path
+    autotune.forget()  # the choices made here came from tmp_path's file
 
 
 def test_auto_falls_back_for_inputs_the_kernels_refuse(device, monkeypatch):
@@ -126,6 +127,27 @@ def test_auto_rejects_a_wrong_kernel(fresh_cache, monkeypatch):
     record = next(iter(_autotune_cache.records().values()))
     assert wrong in record["rejected"] and wrong not in record["ms"], record
     assert record["backend"] == "torch"
+
+
+def test_auto_answers_a_repeated_signature_from_memory(fresh_cache, monkeypatch):
+    """The support checks run once per input signature; other strides, dtype or scalars are checked anew."""
+    cands = _slow_auto(monkeypatch)
+    checked = []
+    real = autotune._supports
+    monkeypatch.setattr(autotune, "_supports", lambda backend, op, args: checked.append(op) or real(backend, op, args))
+    x = torch.randn(4, 16)
+    for _ in range(3):
+        ops.rms_norm(x, None, backend="auto")
+    assert len(checked) == len(cands)
+    for other in (torch.randn(16, 4).t(), x.double()):  # same shape, other strides; other dtype
+        ops.rms_norm(other, None, backend="auto")
+    ops.rms_norm(x, None, 1e-5, backend="auto")  # another eps
+    ops.rms_norm(x, None, 1, backend="auto")  # equal to 1.0 but an int: its own signature
+    ops.rms_norm(x, None, 1.0, backend="auto")
+    assert len(checked) == 6 * len(cands)
+    autotune.forget()
+    ops.rms_norm(x, None, backend="auto")
+    assert len(checked) == 7 * len(cands)
 
 
 def test_auto_rejects_a_kernel_that_raises(fresh_cache, monkeypatch):

@@ -202,7 +202,7 @@ cpu = torch.device("cpu")
 key = autotune.key_of(autotune.spec_of("rms_norm", (torch.zeros(5, 16), None, None, None)))
 if rank == 0:  # a choice only rank 0 remembers, in its cache file
     _autotune_cache.store(cpu, key, {"backend": "torch", "ms": {"torch": 2.5}, "rejected": {}})
-    _autotune_cache._MEMORY.clear()
+    autotune.forget()
 
 def tune(spec, supported):
     assert rank == 0, f"rank {rank} measured instead of taking rank 0's choice"
