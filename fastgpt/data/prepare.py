@@ -8,6 +8,9 @@ tokenizer, tokenizes in parallel, puts an eot id after every document and writes
 * ``train_docs.npy`` / ``val_docs.npy``: int64 document boundaries (``D + 1`` offsets);
 * the tokenizer (``Tokenizer.save``) and, last, ``manifest.json``.
 
+While it works, ``partial/`` (:mod:`fastgpt.data.partial`) keeps the built tokenizer and each
+tokenized part, so a preparation killed halfway resumes where it stopped when run again.
+
 The hash covers the sources (file sizes and mtimes, package versions), the tokenizer settings,
 ``text_column``, ``weights``, ``val_fraction``, ``sample_ratio``, ``seed`` and ``FORMAT_VERSION``;
 a folder is reused only when its manifest exists and carries that hash. Preparation is meant to
@@ -21,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import DOC_MODES, TokenLoader
+from fastgpt.data.partial import Partial
 from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
@@ -39,6 +42,7 @@ from fastgpt.tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, l
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _CHUNK_CHARS = 1 << 20  # documents are tokenized in chunks of about this many characters
+_PART_CHARS = 1 << 26  # and kept, for a rerun after an interruption, in parts of about this many
 
 
 @dataclass
@@ -190,20 +194,25 @@ def _sample(docs: list[str], ratio: float, seed: list[int]) -> list[str]:
     return [docs[i] for i in keep]
 
 
-def _chunks(docs: list[str]) -> list[list[str]]:
-    """Consecutive groups of documents of about ``_CHUNK_CHARS`` characters each."""
+def _chunks(docs: list[str], chars: int) -> list[list[str]]:
+    """Consecutive groups of documents of about ``chars`` characters each (a longer document alone)."""
     chunks, current, size = [], [], 0
     for doc in docs:
         current.append(doc)
         size += len(doc)
-        if size >= _CHUNK_CHARS:
+        if size >= chars:
             chunks.append(current)
             current, size = [], 0
     return chunks + ([current] if current else [])
 
 
-def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: int, bar: tqdm) -> tuple:
-    """Tokens of ``docs``, each followed by eot, shape (N,); and each document's length, shape (D,)."""
+def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: int, bar: tqdm,
+              partial: Partial, source: int) -> tuple:
+    """Tokens of ``docs``, each followed by eot, shape (N,); and each document's length, shape (D,).
+
+    Tokenized in parts of about ``_PART_CHARS`` characters, each kept in ``partial`` once done
+    (and taken from there when an earlier, interrupted preparation finished it).
+    """
 
     def encode(chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
         encoded, flat = tokenizer.encode_batch(chunk), []
@@ -216,9 +225,20 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: i
     parts = []
     # the tokenizers' encoders release the GIL, so threads tokenize chunks in parallel
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk, part in zip(chunks := _chunks(docs), pool.map(encode, chunks), strict=True):
-            parts.append(part)
-            bar.update(sum(len(d) for d in chunk))
+
+        def tokenize(part_docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            done = []
+            for chunk, encoded in zip(chunks := _chunks(part_docs, _CHUNK_CHARS), pool.map(encode, chunks),
+                                      strict=True):
+                done.append(encoded)
+                bar.update(sum(len(d) for d in chunk))
+            return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
+
+        for j, part_docs in enumerate(_chunks(docs, _PART_CHARS)):
+            before = bar.n
+            parts.append(partial.tokens(f"source{source}-part{j}", dtype, len(part_docs),
+                                        lambda d=part_docs: tokenize(d)))
+            bar.update(sum(len(d) for d in part_docs) - (bar.n - before))  # a kept part counts as read
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -291,10 +311,10 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     directory = Path(cfg.cache_dir) / _folder_name(cfg, digest)
     if reused := _reusable(directory, digest):
+        Partial(directory, digest).finish()  # left by a preparation killed after its manifest
         return reused
-    shutil.rmtree(directory, ignore_errors=True)
     try:
-        directory.mkdir(parents=True)
+        partial = Partial.start(directory, digest)
     except OSError as exc:
         raise folder_error("data.cache_dir", cfg.cache_dir, exc) from None
     if cfg.mode == "sft":  # JSONL examples: tokens, an example per document, and a loss mask
@@ -302,7 +322,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
         return _commit(directory, tokenizer, {"hash": digest, "version": FORMAT_VERSION, "mode": "sft",
                                               "dtype": dtype.name, **counts,
                                               "documents": counts["train_rows"] + counts["val_rows"],
-                                              "settings": key})
+                                              "settings": key}, partial)
 
     docs = [
         _sample(load_documents(source, cfg.text_column), cfg.sample_ratio, [cfg.seed, i])
@@ -312,12 +332,13 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
         if not any(source_docs):
             raise ValueError(f"dataset {source!r} has no text")
     texts = [d for source_docs in docs for d in source_docs]
-    tokenizer = build_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, cfg.simplify)
+    tokenizer = partial.tokenizer(lambda: build_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, cfg.simplify))
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     workers = cfg.num_workers or os.cpu_count() or 1
     chars = sum(map(len, texts))
     with progress_bar(total=chars, enabled=progress, unit="char", unit_scale=True, desc="tokenizing") as bar:
-        streams = [_tokenize(source_docs, tokenizer, dtype, workers, bar) for source_docs in docs]
+        streams = [_tokenize(source_docs, tokenizer, dtype, workers, bar, partial, i)
+                   for i, source_docs in enumerate(docs)]
     if cfg.weights is not None and len(streams) > 1:
         streams = _mix(streams, cfg.weights, cfg.seed, tokenizer.eot_id)
     splits = [_split(tokens, lengths, cfg.val_fraction) for tokens, lengths in streams]
@@ -329,11 +350,12 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
         "hash": digest, "version": FORMAT_VERSION,
         "dtype": dtype.name, **counts, "documents": sum(len(lengths) for _, lengths in streams), "settings": key,
     }  # fmt: skip
-    return _commit(directory, tokenizer, manifest)
+    return _commit(directory, tokenizer, manifest, partial)
 
 
-def _commit(directory: Path, tokenizer: Tokenizer, manifest: dict) -> PreparedData:
-    """Save the tokenizer and, last, the manifest (with the tokenizer's fields), which marks the folder done."""
+def _commit(directory: Path, tokenizer: Tokenizer, manifest: dict, partial: Partial) -> PreparedData:
+    """Save the tokenizer and, last, the manifest (with the tokenizer's fields), which marks the folder
+    done; then drop what ``partial`` kept."""
     tokenizer.save(directory)
     manifest = {**manifest, "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
                 "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id}
@@ -342,4 +364,5 @@ def _commit(directory: Path, tokenizer: Tokenizer, manifest: dict) -> PreparedDa
     _fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
     os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
     _fsync_folder(directory)  # and the rename itself
+    partial.finish()
     return PreparedData(directory, tokenizer, manifest)
