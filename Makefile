@@ -1,7 +1,8 @@
 # make train: set up .venv with what training uses (torch, fastgpt and its dependencies), train on
 #             the embedded Shakespeare, print a sample.
 # make test:  the same venv plus the dev extras (pytest, ruff, hypothesis, triton for its CPU
-#             interpreter) and the hf extra (transformers), then the test suite.
+#             interpreter), the hf extra (transformers) and the eval extra (lm-eval, for its
+#             adapter's tests), then the test suite.
 #
 # TORCH picks the torch build. The default, torch==2.13.0, is a small CPU-only build; on a CUDA
 # machine use e.g. `make train TORCH=torch` (PyPI's CUDA build, which brings triton) so the kernels
@@ -26,7 +27,7 @@ $(RUN_STAMP): pyproject.toml setup.py
 	touch $@
 
 $(STAMP): $(RUN_STAMP)
-	$(PIP) --no-build-isolation -e ".[dev,hf]"
+	$(PIP) --no-build-isolation -e ".[dev,hf,eval]"
 	touch $@
 
 train: $(RUN_STAMP)

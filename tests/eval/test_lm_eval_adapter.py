@@ -76,3 +76,60 @@ def test_generate_until_stops_at_the_first_stop_string(checkpoint: Path) -> None
     requests = _requests("generate_until", ("hello", {"until": [full[3:5]], "max_gen_toks": 12}),
                          ("hello", {"until": ["never"], "max_gen_toks": 5}))
     assert lm.generate_until(requests) == [full[:3], ByteTokenizer().decode(ids[:5])]
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _shards_only(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` whose weights are DCP shards alone (as an FSDP run saves them)."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from fastgpt import load
+
+    shutil.copytree(checkpoint, folder)
+    ckpt = folder / (folder / "latest").read_text().strip()
+    model, _ = load(checkpoint)
+    dcp.save({"model": model.state_dict()}, checkpoint_id=ckpt / "sharded", no_dist=True)
+    (ckpt / "model.safetensors").unlink()
+    return ckpt
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_dcp_shards_are_read_only_on_an_explicit_true(checkpoint: Path, tmp_path: Path) -> None:
+    """DCP's .metadata is a pickle: the adapter reads it only for allow_pickle=true (a bool or lm_eval's string)."""
+    _shards_only(checkpoint, tmp_path / "run")
+    for value in (False, "false", "False", "1", "yes", ""):
+        with pytest.raises(ValueError, match="holds DCP shards only, whose .metadata is a pickle"):
+            FastGPTLM(checkpoint=str(tmp_path / "run"), device="cpu", allow_pickle=value)
+    want = FastGPTLM(checkpoint=str(checkpoint), device="cpu").model
+    x = torch.tensor([[256, 97, 98]])
+    for value in (True, "true", "True"):
+        lm = FastGPTLM(checkpoint=str(tmp_path / "run"), device="cpu", allow_pickle=value)
+        with torch.no_grad():
+            torch.testing.assert_close(lm.model(x)[0], want(x)[0], rtol=0, atol=0)
+    lm = get_model("fastgpt").create_from_arg_string(f"checkpoint={tmp_path / 'run'},allow_pickle=true",
+                                                     {"batch_size": 1, "device": "cpu", "max_batch_size": None})
+    assert isinstance(lm, FastGPTLM)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_planted_pickle_is_not_run_without_the_option(checkpoint: Path, tmp_path: Path) -> None:
+    import pickle
+
+    ckpt = _shards_only(checkpoint, tmp_path / "run")
+    marker = tmp_path / "ran"
+    (ckpt / "sharded" / ".metadata").write_bytes(pickle.dumps({"payload": _Payload(marker)}))
+    for value in (False, "false", "0"):
+        with pytest.raises(ValueError, match="allow_pickle=True"):
+            FastGPTLM(checkpoint=str(tmp_path / "run"), device="cpu", allow_pickle=value)
+    assert not marker.exists()
