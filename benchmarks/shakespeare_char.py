@@ -1,7 +1,7 @@
 """Quality bar: nanoGPT's CPU "baby Shakespeare" run, trained by fastgpt and by nanoGPT, several seeds.
 
     python benchmarks/shakespeare_char.py [--quick] [--data PATH/tinyshakespeare.txt]
-        [--seeds 1 2 3 4 5] [--no-baseline] [--max_iters 2000] [--out benchmarks/results]
+        [--seeds 1 2 3 4 5] [--no-baseline] [--max_iters 2000] [--recipe] [--out benchmarks/results]
 
 The text is ``--data`` (a .txt file; nanoGPT's numbers are for tinyshakespeare.txt), by default the
 corpus ``make train`` uses: the embedded Shakespeare plays (``data.dataset=shakespeare``), written
@@ -22,6 +22,11 @@ next here, so both steps are also timed alternately in one process (``--ab-steps
 Writes ``shakespeare_char_cpu.json`` (every run, the means and standard deviations, the ratios)
 and ``shakespeare_char_cpu.png`` (validation loss against iteration, every run) (``--quick``:
 ``shakespeare_char_cpu_quick.*``).
+
+``--recipe`` trains, in fastgpt's place, what ``make train`` runs on a CPU (``python -m
+fastgpt.train --recipe cpu``: :data:`fastgpt.train.recipes.CPU`, its own length and eval batches)
+beside nanoGPT's baby-shakespeare run: is the default better than nanoGPT's CPU recipe, and at what
+wall time. No interleaved timing (the models differ). Writes ``shakespeare_char_cpu_recipe.*``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import torch
 
 import fastgpt
 from fastgpt.eval.evaluate import evaluate_loss
+from fastgpt.train.recipes import CPU
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("final_val_loss", "full_val_loss", "median_step_ms", "process_wall_s")
@@ -73,19 +79,22 @@ def _run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
     return proc, wall
 
 
-def run_fastgpt(data: Path, seed: int, max_iters: int) -> dict:
+def run_fastgpt(data: Path, seed: int, max_iters: int | None, recipe: bool = False) -> dict:
+    """One fastgpt run: configs/baby-shakespeare.yaml, or (``recipe``) the CPU recipe of ``make train``;
+    ``max_iters`` None keeps the recipe's own length."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = ROOT / "configs" / "baby-shakespeare.yaml"
-        _, wall = _run([sys.executable, "-m", "fastgpt.train", "--config", str(config), f"data.dataset={data}",
-                        f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out", f"train.seed={seed}",
-                        f"train.max_iters={max_iters}", f"optim.lr_decay_iters={max_iters}",
+        config = ["--recipe", "cpu"] if recipe else ["--config", str(ROOT / "configs" / "baby-shakespeare.yaml")]
+        length = [] if max_iters is None else [f"train.max_iters={max_iters}", f"optim.lr_decay_iters={max_iters}"]
+        _, wall = _run([sys.executable, "-m", "fastgpt.train", *config, f"data.dataset={data}",
+                        f"data.cache_dir={tmp}/cache", f"train.out_dir={tmp}/out", f"train.seed={seed}", *length,
                         "train.sample_tokens=0"])  # nanoGPT's train.py samples nothing either
         events = [json.loads(line) for line in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
         model, tokenizer = fastgpt.load(Path(tmp) / "out", which="latest")
         text = data.read_text()
         full_val = evaluate_loss(model, np.array(tokenizer.encode(text[int(0.9 * len(text)) :])), batch_size=64)
     evals = [{"iter": e["iter"], "train": e["train_loss"], "val": e["val_loss"]} for e in events if "val_loss" in e]
-    tokens_per_step = 12 * 64  # batch_size x block_size of configs/baby-shakespeare.yaml
+    shape = CPU["train"]["batch_size"] * CPU["model"]["block_size"] if recipe else 12 * 64  # baby-shakespeare's
+    tokens_per_step = shape  # batch_size x block_size
     speeds = [e["tokens_per_s"] for e in events if "tokens_per_s" in e]
     return {"seed": seed, "evals": evals, "final_val_loss": evals[-1]["val"], "full_val_loss": full_val["loss"],
             "median_step_ms": 1e3 * tokens_per_step / statistics.median(speeds), "process_wall_s": wall}
@@ -171,13 +180,13 @@ def plot(result: dict, path: Path) -> None:
                 color=color,
                 alpha=0.6,
                 markersize=3,
-                label=name if i == 0 else None,
+                label=(f"{name}: {result.get(f'{name}_trains', 'baby-shakespeare')}") if i == 0 else None,
             )
     ax.set_xlabel("iteration")
-    ax.set_ylabel("validation loss (20 batches)")
-    ax.set_title("baby Shakespeare on CPU, one line per seed", fontsize=10)
+    ax.set_ylabel("validation loss (its eval batches)")
+    ax.set_title("Shakespeare characters on CPU, one line per seed", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)
     fig.savefig(path)
 
@@ -193,13 +202,19 @@ def main() -> None:
     p.add_argument("--max_iters", type=int, default=None, help=f"default: 2000 (--quick: {QUICK_ITERS})")
     p.add_argument("--ab-steps", type=int, default=None,
                    help=f"steps of each in the interleaved timing (0: none; default 400, --quick: {QUICK_AB_STEPS})")
+    p.add_argument("--recipe", action="store_true",
+                   help="train make train's CPU recipe (fastgpt.train.recipes.CPU, its own length) instead of "
+                        "baby-shakespeare; nanoGPT still trains its baby-shakespeare settings")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     if args.data is not None and not args.data.is_file():
         sys.exit(f"error: --data {str(args.data)!r} does not exist (pass a text file, e.g. tinyshakespeare.txt)")
     args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3, 4, 5])
+    args.max_given = args.max_iters
     args.max_iters = args.max_iters or (QUICK_ITERS if args.quick else 2000)
     args.ab_steps = (QUICK_AB_STEPS if args.quick else 400) if args.ab_steps is None else args.ab_steps
+    if args.recipe:
+        args.ab_steps = 0  # the interleaved timing compares one model's steps; here the models differ
     with tempfile.TemporaryDirectory() as tmp:
         data = write_corpus(Path(tmp) / "corpus.txt", args.data, QUICK_CHARS if args.quick else None)
         run_all(args, data)
@@ -210,7 +225,11 @@ def run_all(args: argparse.Namespace, data: Path) -> None:
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for seed in args.seeds:
         for name in names:
-            run = (run_fastgpt if name == "fastgpt" else run_nanogpt)(data, seed, args.max_iters)
+            if name == "fastgpt":
+                own_length = args.recipe and not args.quick and args.max_given is None
+                run = run_fastgpt(data, seed, None if own_length else args.max_iters, args.recipe)
+            else:
+                run = run_nanogpt(data, seed, args.max_iters)
             runs[name].append(run)
             print(
                 f"{name:8s} seed {seed}: val loss {run['final_val_loss']:.4f} (20 batches), "
@@ -220,6 +239,7 @@ def run_all(args: argparse.Namespace, data: Path) -> None:
             )
     result = {
         "benchmark": f"nanoGPT baby Shakespeare (char, 4x4x128, T=64, B=12, {args.max_iters} iters, fp32, CPU)",
+        "fastgpt_trains": "make train's CPU recipe" if args.recipe else "baby-shakespeare",
         "data": str(args.data) if args.data else "the embedded Shakespeare plays (data.dataset=shakespeare)",
         "quick": args.quick,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -256,7 +276,7 @@ def run_all(args: argparse.Namespace, data: Path) -> None:
             )
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"shakespeare_char_cpu{'_quick' if args.quick else ''}"
+    stem = f"shakespeare_char_cpu{'_recipe' if args.recipe else ''}{'_quick' if args.quick else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / f"{stem}.png")
 

@@ -11,8 +11,6 @@ the failure be one ``error:`` line.
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -21,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from malicious import Payload
+from malicious import plant_pickle as _plant
 from tiny_run import tiny_args as _args
 
 import fastgpt
@@ -29,21 +29,6 @@ from fastgpt.eval import evaluate as eval_mod
 from fastgpt.hf import export as export_mod
 from fastgpt.train import cli as train_mod
 from fastgpt.train.convert import main as convert_main
-
-
-class Payload:
-    """Unpickling it runs ``touch MARKER``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _plant(path: Path, marker: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps({"payload": Payload(marker)}))
 
 
 @pytest.fixture

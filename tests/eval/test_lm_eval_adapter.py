@@ -78,16 +78,6 @@ def test_generate_until_stops_at_the_first_stop_string(checkpoint: Path) -> None
     assert lm.generate_until(requests) == [full[:3], ByteTokenizer().decode(ids[:5])]
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 def _shards_only(checkpoint: Path, folder: Path) -> Path:
     """A copy of ``checkpoint`` whose weights are DCP shards alone (as an FSDP run saves them)."""
     import shutil
@@ -124,11 +114,11 @@ def test_dcp_shards_are_read_only_on_an_explicit_true(checkpoint: Path, tmp_path
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_a_planted_pickle_is_not_run_without_the_option(checkpoint: Path, tmp_path: Path) -> None:
-    import pickle
+    from malicious import plant_pickle
 
     ckpt = _shards_only(checkpoint, tmp_path / "run")
     marker = tmp_path / "ran"
-    (ckpt / "sharded" / ".metadata").write_bytes(pickle.dumps({"payload": _Payload(marker)}))
+    plant_pickle(ckpt / "sharded" / ".metadata", marker)
     for value in (False, "false", "0"):
         with pytest.raises(ValueError, match="allow_pickle=True"):
             FastGPTLM(checkpoint=str(tmp_path / "run"), device="cpu", allow_pickle=value)
