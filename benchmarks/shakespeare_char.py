@@ -232,7 +232,7 @@ def run_all(args: argparse.Namespace, data: Path) -> None:
                 run = run_nanogpt(data, seed, args.max_iters)
             runs[name].append(run)
             print(
-                f"{name:8s} seed {seed}: val loss {run['final_val_loss']:.4f} (20 batches), "
+                f"{name:8s} seed {seed}: val loss {run['final_val_loss']:.4f} (last eval), "
                 f"{run['full_val_loss']:.4f} (whole split); {run['median_step_ms']:.1f} ms/step, "
                 f"wall {run['process_wall_s']:.1f} s",
                 flush=True,
