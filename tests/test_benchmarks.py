@@ -234,11 +234,11 @@ def test_shakespeare_char_reads_the_embedded_corpus_by_default(monkeypatch, tmp_
 
 def test_shakespeare_char_trains_the_make_train_recipe(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, str(BENCH_DIR / "shakespeare_char.py"), "--quick", "--recipe",
-                          "--no-baseline", "--max_iters", "6", "--out", str(tmp_path)],
+                          "--no-baseline", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((tmp_path / "shakespeare_char_cpu_recipe_quick.json").read_text())
     assert doc["fastgpt_trains"] == "make train's CPU recipe"
     (run,) = doc["fastgpt"]["runs"]
-    assert run["evals"][-1]["iter"] == 6 and run["full_val_loss"] > 0
+    assert run["evals"][-1]["iter"] == 20 and run["full_val_loss"] > 0 and run["median_step_ms"] > 0
     assert (tmp_path / "shakespeare_char_cpu_recipe_quick.png").read_bytes()[:4] == b"\x89PNG"
