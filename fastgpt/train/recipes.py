@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 # a character-level model that trains on 2 CPU cores in a few minutes. Tuned in fp32 at a fixed
-# compute (2000 steps of 2048 tokens): context 64 x batch 32 with lr 3e-3 reached a whole-split
-# validation loss 0.046 below context 128 x batch 16 with lr 2e-3, in the same time; wider
+# compute (2000 steps of 2048 tokens): context 64 x batch 32 with lr 3e-3 reaches a whole-split
+# validation loss 0.043 below context 128 x batch 16 with lr 2e-3 (mean over seeds), in the same time; wider
 # (n_embd 192) or deeper (6 layers) models given the same time did worse (benchmarks/NOTES.md)
 CPU = {
     "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0, "bias": False},
