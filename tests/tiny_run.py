@@ -19,3 +19,23 @@ def tiny_args(corpus: Path, out: Path, *extra: str) -> list[str]:
     """``python -m fastgpt.train`` arguments: the tiny run on ``corpus`` (cached beside it) into ``out``."""
     return [*TINY, f"data.dataset={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"train.out_dir={out}",
             *extra]  # fmt: skip
+
+
+def interrupt_during_step(monkeypatch, step: int):
+    """Make training stop as if Ctrl-C came during step ``step`` (1-based): the run saves, then exits.
+
+    Returns the original ``Trainer.train_step``, for the test to put back before it resumes.
+    """
+    import signal
+
+    from fastgpt.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def interrupted(self: Trainer) -> float | None:
+        if self.iter == step - 1:
+            self.stop_signal = signal.SIGINT
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    return original

@@ -4,12 +4,12 @@ base's hash: a changed base is refused), load/export give the merged model, resu
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from tiny_run import interrupt_during_step
 
 from fastgpt.config import load_config
 from fastgpt.model import GPT, GPTConfig
@@ -143,14 +143,7 @@ def test_resume_of_a_lora_run_is_exact(lora_run: dict, monkeypatch: pytest.Monke
         return [{k: e[k] for k in keys if k in e} for e in map(json.loads, lines)]
 
     args = [a.replace("train.out_dir=" + str(tmp / "straight"), "train.out_dir=" + str(tmp / "resumed")) for a in args]
-    original = train_mod.Trainer.train_step
-
-    def interrupted(self: train_mod.Trainer) -> float | None:
-        if self.iter == 2:  # as if Ctrl-C came during step 3
-            self.stop_signal = signal.SIGINT
-        return original(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "train_step", interrupted)
+    original = interrupt_during_step(monkeypatch, 3)
     with pytest.raises(SystemExit):
         train_mod.main(args)
     assert resolve_checkpoint(tmp / "resumed").name == "ckpt-000003"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import interrupt_during_step
 
 import fastgpt
 from fastgpt.generate import generate
@@ -80,14 +81,7 @@ def test_resume_continues_exactly(tmp_path: Path, corpus: Path, monkeypatch: pyt
     straight = _events(tmp_path / "out")
     (tmp_path / "out").rename(tmp_path / "straight")
 
-    original = train_mod.Trainer.train_step
-
-    def interrupted(self: train_mod.Trainer) -> float | None:
-        if self.iter == 5:  # as if Ctrl-C came during step 6
-            self.stop_signal = signal.SIGINT
-        return original(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "train_step", interrupted)
+    original = interrupt_during_step(monkeypatch, 6)
     with pytest.raises(SystemExit) as stop:
         train_mod.main(args)
     assert stop.value.code == 128 + signal.SIGINT
