@@ -34,6 +34,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_folder(directory: Path) -> None:
+    """Flush every file in ``directory`` (not in its subfolders) and then the folder (its entries) to disk."""
+    for path in [*sorted(p for p in directory.iterdir() if p.is_file()), directory]:
+        _fsync(path)
+
+
 def _write_whole(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` into a temporary name beside ``path``, flush it to disk, then rename it to ``path``."""
     tmp = path.with_name(path.name + ".tmp")
@@ -44,11 +50,10 @@ def _write_whole(path: Path, write: Callable[[Path], None]) -> None:
 
 
 class Partial:
-    """The finished pieces of one preparation (the settings' hash ``digest``) in ``directory``."""
+    """The finished pieces of one preparation in ``directory``."""
 
-    def __init__(self, directory: Path, digest: str) -> None:
+    def __init__(self, directory: Path) -> None:
         self.dir = directory / FOLDER
-        self.digest = digest
 
     @classmethod
     def start(cls, directory: Path, digest: str) -> Partial:
@@ -56,7 +61,7 @@ class Partial:
 
         Raises ``OSError`` when the folder cannot be made or cleared.
         """
-        keep = cls(directory, digest)
+        keep = cls(directory)
         marker = keep.dir / _DIGEST
         kept = marker.is_file() and marker.read_text() == digest
         if directory.is_dir():
@@ -84,9 +89,7 @@ class Partial:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tokenizer.save(tmp)
-        for file in tmp.iterdir():
-            _fsync(file)
-        _fsync(tmp)
+        fsync_folder(tmp)
         os.replace(tmp, folder)
         _fsync(self.dir)
         return tokenizer

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import DOC_MODES, TokenLoader
-from fastgpt.data.partial import Partial
+from fastgpt.data.partial import Partial, fsync_folder
 from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
@@ -295,23 +295,13 @@ def _write(directory: Path, split: str, tokens: list[np.ndarray], bounds: list[n
     return len(stream)
 
 
-def _fsync_folder(directory: Path) -> None:
-    """Flush every file in ``directory`` and then the folder (its entries) to disk."""
-    for path in [*sorted(p for p in directory.iterdir() if p.is_file()), directory]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Tokenize ``cfg``'s sources into a cache folder (or reuse a matching one) and open it."""
     key = _cache_key(cfg)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     directory = Path(cfg.cache_dir) / _folder_name(cfg, digest)
     if reused := _reusable(directory, digest):
-        Partial(directory, digest).finish()  # left by a preparation killed after its manifest
+        Partial(directory).finish()  # left by a preparation killed after its manifest
         return reused
     try:
         partial = Partial.start(directory, digest)
@@ -361,8 +351,8 @@ def _commit(directory: Path, tokenizer: Tokenizer, manifest: dict, partial: Part
                 "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id}
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
-    _fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
+    fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
     os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
-    _fsync_folder(directory)  # and the rename itself
+    fsync_folder(directory)  # and the rename itself
     partial.finish()
     return PreparedData(directory, tokenizer, manifest)
