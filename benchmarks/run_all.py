@@ -26,7 +26,8 @@ from summary import DEFAULT_OUT
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("attn", "rms_norm", "adamw", "train", "dispatch")
-WEIGHTS = {"attn": 0.35, "rms_norm": 0.2, "adamw": 0.15, "train": 0.27, "dispatch": 0.03}  # shares of --total (expected runtimes)
+# shares of --total (expected runtimes)
+WEIGHTS = {"attn": 0.35, "rms_norm": 0.2, "adamw": 0.15, "train": 0.27, "dispatch": 0.03}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -210,8 +210,9 @@ def main() -> None:
     if args.data is not None and not args.data.is_file():
         sys.exit(f"error: --data {str(args.data)!r} does not exist (pass a text file, e.g. tinyshakespeare.txt)")
     args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3, 4, 5])
-    args.max_given = args.max_iters
+    own_length = args.recipe and not args.quick and args.max_iters is None  # the recipe's own max_iters
     args.max_iters = args.max_iters or (QUICK_ITERS if args.quick else 2000)
+    args.fastgpt_iters = None if own_length else args.max_iters
     args.ab_steps = (QUICK_AB_STEPS if args.quick else 400) if args.ab_steps is None else args.ab_steps
     if args.recipe:
         args.ab_steps = 0  # the interleaved timing compares one model's steps; here the models differ
@@ -226,8 +227,7 @@ def run_all(args: argparse.Namespace, data: Path) -> None:
     for seed in args.seeds:
         for name in names:
             if name == "fastgpt":
-                own_length = args.recipe and not args.quick and args.max_given is None
-                run = run_fastgpt(data, seed, None if own_length else args.max_iters, args.recipe)
+                run = run_fastgpt(data, seed, args.fastgpt_iters, args.recipe)
             else:
                 run = run_nanogpt(data, seed, args.max_iters)
             runs[name].append(run)
