@@ -15,6 +15,7 @@ of 5 rounds of ``--calls`` calls) and each provider's time over ``direct``'s. Wr
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -41,8 +42,15 @@ def per_call_us(fns: dict[str, Callable[[], object]], calls: int, sync: Callable
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
-    args = common.parse_args(__doc__, extra=lambda p: p.add_argument("--calls", type=int, default=200))
+    args = common.parse_args(__doc__, extra=lambda p: p.add_argument("--calls", type=_positive, default=200,
+                                                                     help="calls per round (default 200)"))
     args.quick = args.quick or not torch.cuda.is_available()  # this benchmark's sizes are small everywhere
     env = common.init_runtime(args)
     if not env.cuda:

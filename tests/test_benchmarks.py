@@ -115,6 +115,9 @@ def test_dispatch_measures_auto_beside_a_direct_call(tmp_path: Path) -> None:
     assert all(r["us_per_call"] > 0 for r in rows.values())
     assert rows["rms_norm", "direct"]["vs_direct"] == 1.0
     assert len(doc["choices"]) == 2  # auto measured both ops (FASTGPT_AUTO_SLOW on CPU)
+    bad = subprocess.run([sys.executable, str(BENCH_DIR / "dispatch.py"), "--calls", "0", "--out", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error: argument --calls: must be a whole number of at least 1" in bad.stderr
 
 
 @pytest.fixture
