@@ -18,6 +18,12 @@ with ``messages``, ``add_generation_prompt``, ``bos_token`` and ``eos_token``. A
 the text that rendering ``messages[: i + 1]`` adds to rendering ``messages[:i]`` with the generation
 prompt; a template that does not render conversations this incrementally is refused. Special tokens
 in the rendered text (``<|im_end|>``, ``</s>``, ...) become their ids, as in transformers.
+
+A template is untrusted input, so each rendering is bounded: ``range`` gives at most MAX_RANGE items,
+``*`` and ``**`` refuse results over MAX_OUTPUT characters (items) or MAX_POWER digits, the rendered text
+may not pass MAX_OUTPUT characters, and it may not take more than RENDER_SECONDS (checked at each
+``range`` item; on the main thread, where signals are delivered, also by a SIGALRM timer for loops
+over anything else). Any error a template raises becomes a ValueError.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -36,6 +47,10 @@ ROLES = ("system", "user", "assistant")
 CHAT_TEMPLATE_SETTINGS = ("auto", "default")  # or a path: a .jinja file, a tokenizer_config.json or their folder
 JINJA_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
+MAX_RANGE = 10_000  # the most items one range() in a template may give
+MAX_OUTPUT = 1 << 24  # the most characters one rendering may produce (and one ``*`` result may hold)
+MAX_POWER = 4096  # the most digits (decimal, about) ``a ** b`` may have
+RENDER_SECONDS = 2.0  # the longest one rendering may take
 
 
 def marker(role: str) -> str:
@@ -193,16 +208,86 @@ def render_text(messages: list[dict[str, str]], jinja: dict[str, str | None] | N
     return _render(_compile(jinja["template"]), jinja, messages, False)
 
 
+class _TooCostly(Exception):
+    """A rendering went past one of the bounds in the module docstring."""
+
+
 def _render(compiled, jinja: dict[str, str | None], messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    compiled.environment.deadline = time.monotonic() + RENDER_SECONDS
+    variables = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+                 "bos_token": jinja.get("bos_token") or "", "eos_token": jinja.get("eos_token") or ""}
+    parts, size = [], 0
     try:
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=jinja.get("bos_token") or "", eos_token=jinja.get("eos_token") or "")
-    except TemplateError as exc:  # the sandbox's SecurityError and raise_exception's message included
+        with _alarm(RENDER_SECONDS):
+            for part in compiled.generate(variables):
+                size += len(part)
+                if size > MAX_OUTPUT:
+                    raise _TooCostly(f"it rendered more than {MAX_OUTPUT} characters")
+                parts.append(part)
+    except (_TooCostly, TemplateError) as exc:  # the sandbox's SecurityError and raise_exception's message included
         raise ValueError(f"the chat template failed: {exc}") from None
+    except Exception as exc:  # the template's own code failed (1/0, endless recursion, ...)
+        reason = " ".join(str(exc).split())[:160]
+        raise ValueError(f"the chat template failed: {type(exc).__name__}: {reason}") from None
+    return "".join(parts)
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise _TooCostly in the code run inside after ``seconds`` (main thread only: elsewhere, nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame) -> None:
+        raise _TooCostly(f"it took more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _BoundedRange:
+    """``range(*args)`` for a template: at most MAX_RANGE items, each checked against the deadline."""
+
+    def __init__(self, environment: _Sandbox, *args: int) -> None:
+        self._range, self._env = range(*args), environment
+        if len(self._range) > MAX_RANGE:
+            raise _TooCostly(f"range({', '.join(map(str, args))}) has more than {MAX_RANGE} items")
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __iter__(self) -> Iterator[int]:
+        for i in self._range:
+            if time.monotonic() > self._env.deadline:
+                raise _TooCostly(f"it took more than {RENDER_SECONDS:g} s")
+            yield i
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox whose ``*`` and ``**`` refuse results too large to build."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    deadline = float("inf")  # set by _render before each rendering
+
+    def call_binop(self, context, operator: str, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT:
+                    raise _TooCostly(f"a * result would hold more than {MAX_OUTPUT} items")
+        elif (isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+              and right * abs(left).bit_length() > MAX_POWER * 10 // 3):  # 10/3: bits per decimal digit
+            raise _TooCostly(f"{left} ** {right} has more than {MAX_POWER} digits")
+        return super().call_binop(context, operator, left, right)
 
 
 def _compile(source: str):
-    """A Jinja template compiled in the sandbox (whitespace control as in transformers)."""
+    """A Jinja template compiled in the bounded sandbox (whitespace control as in transformers)."""
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
@@ -210,8 +295,9 @@ def _compile(source: str):
     def strftime_now(fmt: str) -> str:
         return datetime.datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now,
+                       range=lambda *args: _BoundedRange(env, *args))
     try:
         return env.from_string(source)
     except TemplateError as exc:
