@@ -390,42 +390,74 @@ def build_tokenizer(
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Rebuild the tokenizer that ``Tokenizer.save`` wrote into ``directory``."""
+    """Rebuild the tokenizer that ``Tokenizer.save`` wrote into ``directory``.
+
+    Every field read is checked: a bad one is a ValueError naming the file and the field.
+    """
     directory = Path(directory)
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"no saved tokenizer in {directory}: {META_FILE} is missing")
+    tokenizer = _from_meta(_read_json(meta_path), directory)
+    template_path = directory / CHAT_TEMPLATE_FILE
+    if template_path.is_file():
+        tokenizer.chat_template = _chat_template(_read_json(template_path), template_path)
+    return tokenizer
+
+
+def _read_json(path: Path) -> object:
     try:
-        meta = json.loads(meta_path.read_text())
-        tokenizer = _from_meta(meta, directory)
-        if (directory / CHAT_TEMPLATE_FILE).is_file():
-            tokenizer.chat_template = _chat_template(json.loads((directory / CHAT_TEMPLATE_FILE).read_text()))
-        return tokenizer
-    except (KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_path} is not a tokenizer description fastgpt wrote ({type(exc).__name__}: "
-                         f"{str(exc)[:120]})") from None
-    except ValueError as exc:  # a JSON error, or one of ours
-        raise ValueError(f"{meta_path}: {' '.join(str(exc).split())[:200]}") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not JSON fastgpt reads: it is nested too deeply") from None
 
 
-def _chat_template(saved: object) -> dict[str, str | None]:
-    if not isinstance(saved, dict) or not isinstance(saved.get("template"), str) or not all(
-            isinstance(saved.get(k), str | None) for k in ("bos_token", "eos_token")):
-        raise TypeError(f"{CHAT_TEMPLATE_FILE} must hold a template string and bos_token/eos_token strings or null")
+def _bad_field(path: Path, field: str, expected: str, value: object) -> ValueError:
+    return ValueError(f"{path}: field {field!r} must be {expected}, got {repr(value)[:60]}")
+
+
+def _chat_template(saved: object, path: Path) -> dict[str, str | None]:
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(saved).__name__}")
+    if not isinstance(saved.get("template"), str):
+        raise _bad_field(path, "template", "a string", saved.get("template"))
+    for field in ("bos_token", "eos_token"):
+        if not isinstance(saved.get(field), str | None):
+            raise _bad_field(path, field, "a string or null", saved.get(field))
     return {k: saved.get(k) for k in ("template", "bos_token", "eos_token")}
 
 
-def _from_meta(meta: dict, directory: Path) -> Tokenizer:
-    kind = meta.get("kind")
+def _from_meta(meta: object, directory: Path) -> Tokenizer:
+    path = directory / META_FILE
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+    kind, name = meta.get("kind"), meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad_field(path, "name", "a non-empty string", name)
     if kind == "char":
-        if not isinstance(meta["chars"], str) or not isinstance(meta["name"], str):
-            raise TypeError("chars and name must be strings")
-        return CharTokenizer(meta["chars"], meta["name"])
+        chars = meta.get("chars")
+        if isinstance(chars, str):
+            try:
+                return CharTokenizer(chars, name)
+            except ValueError:  # empty, repeated characters, a lone surrogate (UTF-32 cannot encode it)
+                pass
+        raise _bad_field(path, "chars", "a string of distinct characters", chars)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "tiktoken":
-        return TiktokenTokenizer(str(meta["name"]))
+        if name not in TIKTOKEN_NAMES:
+            raise _bad_field(path, "name", f"one of {', '.join(TIKTOKEN_NAMES)}", name)
+        return TiktokenTokenizer(name)
     if kind == "hf":
         tok = _read_hf_json(directory / HF_FILE, "saved tokenizer")
-        return HFTokenizer(tok, str(meta["name"]), meta["eot"], meta["bos"], meta["pad"])
-    raise ValueError(f"kind {kind!r}; expected one of char, byte, tiktoken, hf")
+        specials = {}
+        for field in ("eot", "bos", "pad"):
+            value = specials[field] = meta.get(field)
+            if value is None and field == "bos":
+                continue
+            if not isinstance(value, str) or tok.token_to_id(value) is None:
+                raise _bad_field(path, field, f"a token of {directory / HF_FILE}", value)
+        return HFTokenizer(tok, name, **specials)
+    raise _bad_field(path, "kind", "one of char, byte, tiktoken, hf", kind)
