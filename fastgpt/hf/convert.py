@@ -220,6 +220,8 @@ def _read_hf(name: str) -> tuple[Any, dict[str, Tensor]]:
         raise FileNotFoundError(f"{str(path)!r} has no config.json")
     try:  # never the folder's own code: a config asking for it (auto_map) is refused
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except RecursionError:  # json's decoder on deeply nested arrays or objects
+        raise ValueError(f"{str(path)!r}: config.json is nested too deeply to read") from None
     except (ValueError, OSError, KeyError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise ValueError(f"{str(path)!r}: config.json is not a config transformers reads without running the "
