@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from tiny_run import tiny_args as _args
 
+import fastgpt
 from fastgpt import generate as generate_mod
 from fastgpt.tokenizers import build_tokenizer, load_tokenizer
 from fastgpt.train import cli as train_mod
@@ -41,10 +43,12 @@ REASONS = {"nested ranges": "range(100000) has more than 10000 items", "three ne
 
 
 def _cli(*argv: str, cwd: Path) -> str:
-    """Run ``python -m fastgpt ARGV``; check that it failed with one ``error:`` line (exit 2) and return it."""
+    """Run ``python -m fastgpt ARGV`` (the fastgpt this test imports); check that it failed with one
+    ``error:`` line (exit 2) and return it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(fastgpt.__file__).parents[1])}
     try:
         done = subprocess.run([sys.executable, "-m", "fastgpt", *argv], capture_output=True, text=True,
-                              timeout=TIMEOUT, cwd=cwd)
+                              timeout=TIMEOUT, cwd=cwd, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail(f"python -m fastgpt {argv[0]} ran past {TIMEOUT} s")
     lines = done.stderr.strip().splitlines()
