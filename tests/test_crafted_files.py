@@ -5,7 +5,8 @@
   ``generate --chat`` (a checkpoint's chat_template.json) and by SFT data preparation
   (``data.chat_template=FILE``); these run as real processes under a timeout, so a hang fails the test;
 * a tokenizer_meta.json naming special tokens outside the vocabulary, or fields of the wrong type;
-* JSON nested 100000 deep in tokenizer_meta.json, chat_template.json and a Hugging Face config.json.
+* JSON nested 100000 deep in tokenizer_meta.json, chat_template.json, a Hugging Face config.json and the
+  tokenizer_config.json that ``data.chat_template`` names.
 """
 
 from __future__ import annotations
@@ -144,3 +145,13 @@ def test_deep_json_in_a_hugging_face_config_is_one_error_line(corpus: Path, tmp_
     (folder / "config.json").write_text(DEEP)
     line = cli_error(train_mod.main, [*_args(corpus, tmp_path / "out"), f"train.init_from=hf:{folder}"])
     assert line == f"error: {str(folder)!r}: config.json is nested too deeply to read"
+
+
+def test_deep_json_in_a_tokenizer_config_is_one_error_line(corpus: Path, tmp_path: Path, cli_error) -> None:
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text(json.dumps({"prompt": "hi", "response": "ok"}) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(DEEP)
+    line = cli_error(train_mod.main, [*_args(rows, tmp_path / "out"), "data.mode=sft",
+                                      f"data.chat_template={tmp_path / 'tokenizer_config.json'}"])
+    assert line == (f"error: data.chat_template: {tmp_path / 'tokenizer_config.json'} is not JSON fastgpt reads: "
+                    "it is nested too deeply")

@@ -104,6 +104,9 @@ def _read_template(folder: Path, setting: str) -> dict[str, str | None] | None:
             config = json.loads(_read_text(folder / CONFIG_FILE))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{setting}: {folder / CONFIG_FILE} is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ValueError(f"{setting}: {folder / CONFIG_FILE} is not JSON fastgpt reads: it is nested too "
+                             "deeply") from None
         if not isinstance(config, dict):
             raise ValueError(f"{setting}: {folder / CONFIG_FILE} does not hold a JSON object")
     template = _read_text(folder / JINJA_FILE) if (folder / JINJA_FILE).is_file() else config.get("chat_template")
