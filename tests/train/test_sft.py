@@ -17,10 +17,12 @@ from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load, resolve_checkpoint
 
 LETTERS = "abcdefghij"
-# a 2-layer char model; an example (<|user|>\nabcd\n<|assistant|>\ndcba<eot>) is 33 tokens: one row
+# a 2-layer char model in fp32 (train.dtype=auto picks by timing: two runs could differ); an example
+# (<|user|>\nabcd\n<|assistant|>\ndcba<eot>) is 33 tokens: one row
 RUN = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=32", "model.bias=false",
        "train.batch_size=16", "train.eval_iters=2", "train.log_interval=50", "train.sample_tokens=0",
-       "optim.lr=3e-3", "optim.warmup_iters=20", "train.device=cpu", "data.tokenizer=char", "data.mode=sft"]
+       "optim.lr=3e-3", "optim.warmup_iters=20", "train.device=cpu", "train.dtype=float32", "data.tokenizer=char",
+       "data.mode=sft"]
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
