@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from fastgpt.data.chat_template import ChatTemplate
+from fastgpt.device import resolve_device
 from fastgpt.model import GPT
-from fastgpt.train.distributed import resolve_device
 
 
 @torch.no_grad()
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context every step")
     p.add_argument("--allow_pickle", action="store_true",
                    help="also read a checkpoint of DCP shards only (train.parallel=fsdp), whose pickled metadata "

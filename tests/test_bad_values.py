@@ -27,8 +27,10 @@ from fastgpt.train import cli as train_mod
     ("model.preset=[1]", "unknown preset '[1]'"),
     ("model.init_gain=-1", "model.init_gain must be a positive finite number"),
     ("optim.step_size=0", "optim.step_size must be >= 1"),
-    ("train.device=gpu", "train.device='gpu' is not one of auto, cpu, cuda, cuda:N"),
-    ("train.device=", "train.device='' is not one of"),
+    ("train.device=gpu", "train.device='gpu' is not a device (auto, cpu, cuda, cuda:N, mps, xpu, xpu:N)"),
+    ("train.device=", "train.device='' is not a device"),
+    pytest.param("train.device=mps", "train.device='mps': mps is not available on this machine (torch built without",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_built(), reason="checks a torch built without MPS")),
     ("data.special_token_weight=1e300", "data.special_token_weight=1e+300 is beyond the limit of 1,000.0"),
     ("train.batch_size=2147483648", "train.batch_size=2147483648 is beyond the limit of 1,048,576"),
     ("model.n_embd=2147483648", "model.n_embd=2147483648 is beyond the limit of 65,536"),
@@ -49,10 +51,11 @@ def test_values_out_of_range(corpus: Path, tmp_path: Path, cli_error, override: 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only torch")
 def test_cuda_on_a_cpu_only_torch(corpus: Path, trained: Path, tmp_path: Path, cli_error) -> None:
     line = cli_error(train_mod.main, _args(corpus, tmp_path / "o", "train.device=cuda"))
-    assert "no CUDA device is available" in line
+    assert "train.device='cuda': cuda is not available on this machine (torch " in line
     for main in (generate_mod.main, eval_mod.main):
-        line = cli_error(main, ["--checkpoint", str(trained), "--device", "cuda"])
-        assert "--device='cuda' but no CUDA device" in line
+        for device in ("cuda", "xpu"):
+            line = cli_error(main, ["--checkpoint", str(trained), "--device", device])
+            assert f"--device={device!r}: {device} is not available on this machine" in line
 
 
 @pytest.mark.parametrize("content", [b'{"model": {"type": "BPE"', b"not json at all", b"\xff\xfe\x00"])

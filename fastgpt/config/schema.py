@@ -174,7 +174,7 @@ class TrainConfig:
     ckpt_interval: int = 0  # save every N steps (0 = at evals and the end)
     keep_checkpoints: int = 1  # keep the N newest checkpoints (and the best one, always)
     seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps | xpu | xpu:N (fastgpt.device)
     dtype: str = "auto"  # auto (bf16 where measured faster, else fp32) | float32 | bfloat16 | float16 (autocast)
     compile: bool = False  # torch.compile the model
     parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) | fsdp (FSDP2 shards, DCP checkpoints)

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 from fastgpt.data import DataConfig
 from fastgpt.data.progress import progress_bar
+from fastgpt.device import resolve_device
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer
-from fastgpt.train.distributed import resolve_device
 
 VAL_LOSS = "val_loss"
 
@@ -192,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--cache_dir", help="where val_loss prepares the checkpoint's dataset (default: its "
                                        "data.cache_dir if inside the current folder, else data_cache)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="autocast dtype on CUDA")
     p.add_argument("--allow_pickle", action="store_true",

@@ -32,11 +32,11 @@ except ImportError as exc:
         sys.exit(2)
     raise ModuleNotFoundError(_MISSING, name=exc.name) from exc
 
+from fastgpt.device import resolve_device
 from fastgpt.eval.mcq import encode_pair, score_tokens
 from fastgpt.generate import generate
 from fastgpt.tokenizers import EOT_TEXT
 from fastgpt.train.checkpoint import load
-from fastgpt.train.distributed import resolve_device
 
 DEFAULT_BATCH_SIZE = 16
 

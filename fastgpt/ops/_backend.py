@@ -67,10 +67,12 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
     if backend == "triton":
         if _triton_error():
             return _triton_error()
-        if device.type != "cuda" and not triton_interpreted():
-            return (f"Triton kernels need a CUDA device (tensors are on {device}); "
-                    "set TRITON_INTERPRET=1 to run them slowly on CPU")
-        return None
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
+            return None
+        if triton_interpreted():
+            return f"the Triton interpreter (TRITON_INTERPRET=1) runs on CPU or CUDA tensors (tensors are on {device})"
+        return (f"Triton kernels need a CUDA device (tensors are on {device}); "
+                "set TRITON_INTERPRET=1 to run them slowly on CPU")
     if backend == "cuda":
         if cuda_emulated():
             if device.type != "cpu":

@@ -3,8 +3,7 @@
 ``train.parallel=ddp`` keeps a whole replica per rank (``wrap_ddp``); ``fsdp`` shards every block's
 parameters, gradients and optimizer state over the ranks with FSDP2 (``shard_fsdp``). A collective
 that fails or waits longer than ``FASTGPT_DIST_TIMEOUT`` seconds raises; ``collective_failure``
-turns that error into one line saying which rank saw it. ``resolve_device`` checks a device name
-from the command line or a config (train, generate and eval use it). (On GPUs, NCCL's watchdog usually sees a
+turns that error into one line saying which rank saw it. (On GPUs, NCCL's watchdog usually sees a
 timeout first and aborts the process with "Watchdog caught collective operation timeout"; torchrun
 then names the rank that failed.)
 """
@@ -19,36 +18,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fastgpt.device import resolve_device
 from fastgpt.ops import set_autotune_group
 
 DEFAULT_TIMEOUT_S = 600  # a hung collective fails after this long instead of waiting forever
 PREPARE_TIMEOUT = timedelta(days=7)  # the other ranks wait this long for rank 0 to prepare the data
-
-DEVICES = "auto, cpu, cuda, cuda:N"
-
-
-def resolve_device(name: object, option: str) -> torch.device:
-    """``auto`` -> the GPU when CUDA exists, else the CPU; ``cuda`` on a machine (or a torch build)
-    without CUDA, an absent GPU index and unknown names are refused."""
-    if not isinstance(name, str):
-        raise ValueError(f"{option}={name!r} is not one of {DEVICES}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{option}={name!r} is not one of {DEVICES}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{option}={name!r} but no CUDA device is available here "
-                             f"(torch {torch.__version__}); use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{option}={name!r} names GPU {device.index} but {torch.cuda.device_count()} "
-                             "are visible")
-    elif device.type != "cpu":
-        raise ValueError(f"{option}={name!r} is not one of {DEVICES}")
-    return device
-
 
 @dataclass
 class DistEnv:

@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 
 from fastgpt.config import Config
+from fastgpt.device import synchronize
 from fastgpt.train.distributed import DistEnv, sum_across_ranks
 
 MIN_SPEEDUP = 1.2  # bf16 must win by this much: autocast's casts cost what the matmul alone does not show
@@ -35,12 +36,10 @@ def time_matmul(device: torch.device, dtype: torch.dtype, shape: tuple[int, int,
     a = torch.randn(m, k, device=device, generator=g).to(dtype)
     b = torch.randn(k, n, device=device, generator=g).to(dtype)
     a[:8] @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

@@ -9,6 +9,7 @@ import os
 import torch
 
 from fastgpt.config import Config, GPTConfig
+from fastgpt.device import total_memory
 from fastgpt.ops import available_backends
 
 BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
@@ -32,10 +33,9 @@ def parameter_count(m: GPTConfig) -> int:
 
 
 def device_memory(device: torch.device) -> int:
-    """Bytes of memory on ``device`` (the machine's RAM for the CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Bytes of memory on ``device`` (the machine's RAM where the device reports none)."""
+    reported = total_memory(device)
+    return reported if reported is not None else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_weights_fit(m: GPTConfig, device: torch.device, what: str) -> None:

@@ -26,6 +26,7 @@ from fastgpt.config import Config
 from fastgpt.data import PreparedData, prepare_data
 from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cut_note
+from fastgpt.device import choice_line
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.generate import generate
 from fastgpt.model import GPT
@@ -75,8 +76,11 @@ class Trainer:
         prepare_model(self.model, cfg.train)  # train.freeze, LoRA adapters: before the optimizer sees them
         self.objective = Objective(cfg.train, tok)
         torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
+        self._say(choice_line(cfg.train.device, env.device))
         if cfg.train.dtype == "auto":  # measured here and saved resolved: a resumed run keeps the choice
             self._say(resolve_auto_dtype(self.cfg, env))
+        else:
+            self._say(f"train.dtype={cfg.train.dtype}")
         dtype = getattr(torch, self.cfg.train.dtype)
         if self.fsdp:
             m = self.cfg.model  # blocks sharing a module cannot be sharded one by one: then only the root is
