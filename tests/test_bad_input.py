@@ -132,7 +132,7 @@ def test_corrupt_sharded_checkpoint(corpus: Path, tmp_path: Path, cli_error) -> 
     (ckpt / "sharded" / ".metadata").write_bytes(b"\x80\x04garbage")
     line = cli_error(generate_mod.main, ["--checkpoint", str(out), "--allow_pickle"])
     assert "has unreadable shards or does not fit this model" in line
-    resume = ["--resume", *_args(corpus, out, "train.parallel=fsdp", "train.max_iters=4")]
+    resume = ["--resume", "--allow_pickle", *_args(corpus, out, "train.parallel=fsdp", "train.max_iters=4")]
     assert "has unreadable shards" in cli_error(train_mod.main, resume)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")

@@ -140,15 +140,18 @@ def save_shards(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
         raise failure if isinstance(failure, OSError) else OSError(_first_line(failure)) from None
 
 
-def load_shards(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, no_dist: bool) -> None:
-    """Load a sharded checkpoint's weights and optimizer state into ``model`` (sharded or not)."""
+def load_shards(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, no_dist: bool,
+                allow_pickle: bool) -> None:
+    """Load a sharded checkpoint's weights and optimizer state into ``model`` (sharded or not); refused as
+    ``check_shards`` says."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     weights, optim = get_state_dict(model, optimizer)
+    shards = check_shards(ckpt, allow_pickle, RESUME_HINT)
     try:
         with _quiet_dcp():
-            dcp.load({"model": weights, "optimizer": optim}, checkpoint_id=ckpt / SHARDS, no_dist=no_dist)
+            dcp.load({"model": weights, "optimizer": optim}, checkpoint_id=shards, no_dist=no_dist)
     except (Exception, dcp.CheckpointException) as exc:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable shards: {_first_line(_failure(exc))}") from None
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim)
@@ -158,6 +161,32 @@ def is_sharded(ckpt: Path) -> bool:
     """True for a checkpoint folder whose weights are DCP shards only. Beside a model.safetensors a
     ``sharded/`` folder is never read: its ``.metadata`` is a pickle, and unpickling can run code."""
     return (ckpt / SHARDS / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
+
+
+LOAD_HINT = ("if it is your own run, convert it with python -m fastgpt convert --allow_pickle, or load it with "
+             "allow_pickle=True (--allow_pickle)")
+RESUME_HINT = "if it is your own run, resume it with --resume --allow_pickle"
+
+
+def check_shards(ckpt: Path, allow_pickle: bool, hint: str = LOAD_HINT) -> Path:
+    """``ckpt/sharded``, for DCP to read: CheckpointError unless ``allow_pickle`` (its ``.metadata`` is a pickle,
+    and unpickling can run code), unless there is no model.safetensors beside it, and unless it is a plain
+    folder of plain files inside ``ckpt`` (no symlink leading elsewhere). Every reader of shards calls it
+    right before reading, whatever it decided earlier."""
+    where = f"checkpoint {str(ckpt)!r}"
+    if not allow_pickle:
+        raise CheckpointError(f"{where} holds DCP shards only, whose .metadata is a pickle that can run code; {hint}")
+    if (ckpt / "model.safetensors").exists():
+        raise CheckpointError(f"{where} has a model.safetensors, so its {SHARDS}/ folder is not read")
+    shards = ckpt / SHARDS
+    try:
+        linked = shards.is_symlink() or shards.resolve().parent != ckpt.resolve() or \
+            any(e.is_symlink() for e in shards.iterdir())
+    except OSError as exc:
+        raise CheckpointError(f"{where} has an unreadable {SHARDS}/ folder ({exc.strerror or exc})") from None
+    if linked:
+        raise CheckpointError(f"{where}: its {SHARDS}/ folder is, or holds, a symlink; refusing to follow it")
+    return shards
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
@@ -274,10 +303,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "bes
 
 
 def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[GPT, Tokenizer]:
-    if is_sharded(ckpt) and not allow_pickle:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} holds DCP shards only, whose .metadata is a pickle that "
-                              "can run code; if it is your own run, convert it with python -m "
-                              "fastgpt convert, or load it with allow_pickle=True (--allow_pickle)")
+    sharded = is_sharded(ckpt)  # decided once: a file renamed later cannot switch the reader to DCP's pickle
+    if sharded:
+        check_shards(ckpt, allow_pickle)  # refused before the slow reads; the reader checks again
     # every file is read before the (slow) model is built: a run pruning this checkpoint can only
     # interrupt these reads, and ``load`` then follows the run's pointer to the newer one
     config = read_config(ckpt)
@@ -290,7 +318,7 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
             return adapters.load_merged(ckpt, config, tokenizer, device), tokenizer
         except (ValueError, FileNotFoundError) as exc:
             raise CheckpointError(str(exc)) from None
-    weights = None if is_sharded(ckpt) else read_weights(ckpt)
+    weights = None if sharded else read_weights(ckpt)
     try:
         model_config = GPTConfig(**config["model"])
     except (TypeError, ValueError) as exc:
@@ -306,21 +334,22 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has a model config that builds no model: "
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
     if weights is None:
-        _load_sharded_weights(model, ckpt)
+        _load_sharded_weights(model, ckpt, allow_pickle)
     else:
         load_weights(model, ckpt, weights)
     model.eval()
     return model, tokenizer
 
 
-def _load_sharded_weights(model: GPT, ckpt: Path) -> None:
+def _load_sharded_weights(model: GPT, ckpt: Path, allow_pickle: bool) -> None:
     """The weights of a sharded checkpoint, gathered into ``model`` in this process alone."""
     import torch.distributed.checkpoint as dcp
 
     weights = model.state_dict()  # DCP loads into these tensors, which are the parameters
+    shards = check_shards(ckpt, allow_pickle)
     try:
         with _quiet_dcp():
-            dcp.load({"model": weights}, checkpoint_id=ckpt / SHARDS, no_dist=True)
+            dcp.load({"model": weights}, checkpoint_id=shards, no_dist=True)
     except (Exception, dcp.CheckpointException) as exc:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has unreadable shards or does not fit this model: "
                               f"{_first_line(_failure(exc))}") from None

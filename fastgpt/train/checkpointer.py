@@ -91,10 +91,11 @@ class Checkpointer:
                                 "the previous checkpoint is kept")
         self.saved_iter = step
 
-    def resume(self, which: str = "latest") -> tuple[str, dict[str, Any], str | None]:
+    def resume(self, which: str = "latest", allow_pickle: bool = False) -> tuple[str, dict[str, Any], str | None]:
         """Load the ``which`` checkpoint (latest, best, or ckpt-NNNNNN) into the model, optimizer,
         scheduler, scaler, loader and RNGs; return its path, counters (``iter``, ``best_val``,
-        ``nonfinite``) and a warning when the data is not what the checkpoint trained on (else None)."""
+        ``nonfinite``) and a warning when the data is not what the checkpoint trained on (else None).
+        A checkpoint of DCP shards only is read with ``allow_pickle`` alone (``ckpt.check_shards``)."""
         path = ckpt.resolve_checkpoint(self.out_dir, which)
         # going back to a checkpoint before latest abandons the later steps; latest itself is where the
         # run left off, even when a save killed before its pointer left a complete later folder
@@ -113,12 +114,16 @@ class Checkpointer:
                                        f"(saved, now): {diff}")
         state = ckpt.load_state(path)
         fsdp = self.sharded and self.env.distributed
-        if fsdp and not ckpt.is_sharded(path):
+        sharded = ckpt.is_sharded(path)  # decided once: a file renamed later cannot switch the reader
+        if fsdp and not sharded:
             raise ckpt.CheckpointError(f"cannot resume {str(path)!r} with train.parallel=fsdp: it is a "
                                        "single-file (ddp) checkpoint; resume it with train.parallel=ddp")
+        if sharded:
+            ckpt.check_shards(path, allow_pickle, ckpt.RESUME_HINT)  # before the optimizer state is read
         try:
-            if ckpt.is_sharded(path):  # DCP reshards: any number of ranks, FSDP or not
-                ckpt.load_shards(path, self.model, self.optimizer, no_dist=not self.env.distributed)
+            if sharded:  # DCP reshards: any number of ranks, FSDP or not
+                ckpt.load_shards(path, self.model, self.optimizer, no_dist=not self.env.distributed,
+                                 allow_pickle=allow_pickle)
             else:
                 ckpt.load_weights(self.model, path)
                 self.optimizer.load_state_dict(state["optimizer"])

@@ -55,6 +55,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="latest", metavar="WHICH",
                    help="continue the run in train.out_dir, with its own saved config, from its latest checkpoint; "
                         "--resume=best, or a checkpoint of the run by name (--resume=ckpt-000500)")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="--resume a checkpoint of DCP shards only (train.parallel=fsdp), whose .metadata is a "
+                        "pickle that can run code: only for a run of your own")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit, training nothing and writing nowhere")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             lock.acquire()  # a second run into this out_dir refuses here, naming the first one's pid
             _refuse_overwrite(cfg, args.resume)
-        trainer = Trainer(cfg, env, resume=args.resume)
+        trainer = Trainer(cfg, env, resume=args.resume, allow_pickle=args.allow_pickle)
         trainer.run()
         env.barrier()  # leave the process group together: a rank tearing down gloo early can abort the other
     except torch.OutOfMemoryError:

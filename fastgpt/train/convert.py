@@ -17,12 +17,12 @@ from pathlib import Path
 from fastgpt.train.checkpoint import load, read_config, resolve_checkpoint, write_files
 
 
-def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = True) -> Path:
+def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:
     """Write the checkpoint ``src`` (a run's out_dir: its ``latest``) as one folder ``out`` that holds
     ``model.safetensors``, ``config.yaml`` and the tokenizer: weights for ``load``, not for resuming.
 
-    Converting one's own sharded run is what this is for, so DCP's pickled ``.metadata`` is read
-    (``allow_pickle``); beside a model.safetensors it never is (``is_sharded``)."""
+    DCP's ``.metadata`` is a pickle, which can run code: a sharded checkpoint is read only with
+    ``allow_pickle`` (``--allow_pickle``: one's own run), and beside a model.safetensors never."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {str(out)!r} exists and is not empty; name a new folder")
@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Write a (sharded) checkpoint as a single-file checkpoint folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its latest checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to create")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="read a checkpoint of DCP shards only, whose .metadata is a pickle that can run code: "
+                        "only for a run of your own")
     args = p.parse_args(argv)
-    out = to_single_file(args.checkpoint, args.out)
+    out = to_single_file(args.checkpoint, args.out, allow_pickle=args.allow_pickle)
     print(f"wrote {out}")
     return 0
 

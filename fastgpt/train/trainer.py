@@ -48,8 +48,9 @@ MAX_NONFINITE_IN_A_ROW = 5
 class Trainer:
     """One training run: set-up in ``__init__``, then ``run()``; ``train_step`` is one optimizer step."""
 
-    def __init__(self, cfg: Config, env: DistEnv, resume: str | None = None) -> None:
-        """``resume``: None for a new run, else the checkpoint to continue (latest, best, ckpt-NNNNNN)."""
+    def __init__(self, cfg: Config, env: DistEnv, resume: str | None = None, allow_pickle: bool = False) -> None:
+        """``resume``: None for a new run, else the checkpoint to continue (latest, best, ckpt-NNNNNN);
+        ``allow_pickle``: it may be DCP shards only, whose pickled .metadata can run code."""
         self.cfg, self.env = cfg, env
         self.out_dir = cfg.train.out_dir
         check_backends(cfg.model, env.device)  # before preparing data: an explicit backend that cannot run here
@@ -114,7 +115,7 @@ class Trainer:
         # a fresh run touches nothing in out_dir until its first step went through (``_start``)
         self.started, self.pending = False, []
         if resume is not None:
-            self._resume(resume)
+            self._resume(resume, allow_pickle)
         self.runner = self._wrap(self.model)
         self.stop_signal: int | None = None  # set by the signal handler on this rank
         self.stopping = False  # some rank got a signal: every rank saves and exits after this step
@@ -161,8 +162,8 @@ class Trainer:
         counters = {"iter": self.iter, "best_val": self.best_val, "nonfinite": self.nonfinite}
         self.checkpointer.save(counters, best=best or first)
 
-    def _resume(self, which: str) -> None:
-        path, counters, warning = self.checkpointer.resume(which)
+    def _resume(self, which: str, allow_pickle: bool) -> None:
+        path, counters, warning = self.checkpointer.resume(which, allow_pickle)
         self.iter, self.best_val, self.nonfinite = counters["iter"], counters["best_val"], counters["nonfinite"]
         if self.metrics is not None:
             self.metrics.truncate_after(self.iter)

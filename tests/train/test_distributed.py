@@ -104,7 +104,8 @@ def test_fsdp_matches_one_process_and_resumes_on_another_world_size(corpus: Path
     assert is_sharded(ckpt) and not (ckpt / "model.safetensors").exists()
     assert sorted(p.name for p in (ckpt / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
-    train_mod.main(["--resume", *_args(corpus, out, "train.parallel=fsdp", "train.batch_size=8", "train.max_iters=6")])
+    train_mod.main(["--resume", "--allow_pickle", *_args(corpus, out, "train.parallel=fsdp", "train.batch_size=8",
+                                                        "train.max_iters=6")])
     _assert_close(_losses(out), _losses(one_process))
 
     # the sharded checkpoint loads like any other, and converts to the single-file form
@@ -114,7 +115,7 @@ def test_fsdp_matches_one_process_and_resumes_on_another_world_size(corpus: Path
     torch.testing.assert_close(model(x)[0], reference(x)[0], rtol=1e-4, atol=1e-5)
     from fastgpt.train.convert import main as convert
 
-    assert convert(["--checkpoint", str(out), "--out", str(corpus.parent / "single")]) == 0
+    assert convert(["--checkpoint", str(out), "--out", str(corpus.parent / "single"), "--allow_pickle"]) == 0
     assert (corpus.parent / "single" / "model.safetensors").is_file()
     torch.testing.assert_close(load(corpus.parent / "single")[0](x)[0], model(x)[0], rtol=0, atol=0)
 
