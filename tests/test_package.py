@@ -31,8 +31,14 @@ def test_gpt2_parameter_count_one_liner() -> None:
 def test_info_names_every_backend() -> None:
     proc = subprocess.run([sys.executable, "-m", "fastgpt.info"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for word in ("torch ", "triton", "cuda ", "available"):
-        assert word in proc.stdout
+    from fastgpt.ops._backend import available_backends
+
+    device = re.search(r"^op backends on (\S+) ", proc.stdout, re.M).group(1)
+    states = dict(re.findall(r"^  (\w+) +(available|unavailable: .+)$", proc.stdout, re.M))
+    want = {name: "available" if reason is None else f"unavailable: {reason}"
+            for name, reason in available_backends(device).items()}
+    assert states == want, proc.stdout
+    assert states["torch"] == "available"
 
 
 _CPU_FALLBACKS = """
