@@ -8,6 +8,8 @@ CUDA GPUs run fastgpt's own kernels; on mps and xpu every op takes its PyTorch p
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 DEVICES = "auto, cpu, cuda, cuda:N, mps, xpu, xpu:N"
@@ -60,6 +62,19 @@ def resolve_device(name: object, option: str) -> torch.device:
         raise ValueError(f"{option}={name!r} names {device.type} device {device.index} but "
                          f"{device_count(device.type)} are visible")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for caches of choices measured on it: the GPU's or the CPU's model name."""
+    if device.type in ("cuda", "xpu"):
+        return getattr(torch, device.type).get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "cpu")
+        except OSError:
+            return platform.processor() or "cpu"
+    return device.type
 
 
 def choice_line(name: str, device: torch.device, option: str = "train.device") -> str:

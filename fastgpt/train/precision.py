@@ -1,87 +1,224 @@
-"""``train.dtype=auto``: bf16 autocast where a short measurement shows it faster on this device, else fp32.
+"""``train.dtype=auto``: the dtype in which this run's own training step is fastest on this device.
 
-The measurement times one matmul of the model's feed-forward shape, ``(B*T, n_embd) @ (n_embd, ffn_dim)``
-with B*T capped to keep it short (well under a second in all), in fp32 and in bf16, alternately, best of
-a few. GPUs with bf16 tensor cores and CPUs with native bf16 instructions (AVX512_BF16, AMX) measure
-bf16 several times faster; CPUs that emulate it measure it slower and stay in fp32. The choice replaces
-``auto`` in the run's config, so the saved config (and a resumed run) names the dtype it trained in.
+The candidates are fp32, bf16 autocast (where the device has bf16) and, on CUDA, fp16 autocast with a
+GradScaler. Each takes warm steps of the run's model on a batch of random tokens of the run's shape:
+forward, backward and a step of a throwaway optimizer of the run's kind (FSDP runs, timed before
+sharding, skip the optimizer step: its cost does not depend on the dtype). The candidates alternate
+and each one's median step decides: the fastest wins unless it is within ``MARGIN`` of fp32, which
+then stays (a lower precision must buy speed). Measuring leaves the run as it was: the weights are
+copied back, the random streams are forked, and the data cursor never moves.
+
+The choice replaces ``auto`` in the run's config, so the saved config (and a resumed run) names the
+dtype it trained in. It is cached per (device name, model config, trained parameters, batch, optimizer, torch version)
+in ``$FASTGPT_CACHE_DIR/dtype/`` (default ``~/.cache/fastgpt``): a file only ever parsed as JSON and
+checked, ignored when it is not what a choice looks like. A toy model (feed-forward matmuls under
+``MIN_FLOPS``) is bound by call overheads, gains nothing from bf16 and is not measured.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 
 from fastgpt.config import Config
-from fastgpt.device import synchronize
-from fastgpt.train.distributed import DistEnv, sum_across_ranks
+from fastgpt.device import device_name, synchronize
+from fastgpt.train.distributed import DistEnv, gather_objects
+from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
 
-MIN_SPEEDUP = 1.2  # bf16 must win by this much: autocast's casts cost what the matmul alone does not show
-MIN_FLOPS = 1e7  # a smaller matmul is bound by call overheads (a toy model): fp32, nothing to gain
-MAX_FLOPS = {"cpu": 2e8, "cuda": 1e11}  # per measured matmul: about a millisecond (0.5 s in emulated bf16)
-ROUNDS = 3
+MARGIN = 0.05  # a candidate must beat fp32 by more than this
+MIN_FLOPS = 1e7  # a feed-forward matmul smaller than this (per micro-batch) marks a toy model: fp32
+WARMUP = 1  # untimed steps per candidate (the first allocates, and autocast fills its caches)
+MIN_ROUNDS, MAX_ROUNDS = 3, 7  # timed steps per candidate
+BUDGET_S = 3.0  # no new round starts once the timed steps took this long in all
+DROP = 2.0  # a candidate whose best step is this many times fp32's has lost: timed no more
+MAX_BYTES = 4096  # a cache file larger than this is not one we wrote
 
-# (device, dtype, (M, K, N)) -> seconds of one matmul; injectable for tests
-Timer = Callable[[torch.device, torch.dtype, tuple[int, int, int]], float]
-
-
-def time_matmul(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int]) -> float:
-    """Seconds of one ``(M, K) @ (K, N)`` matmul in ``dtype`` on ``device`` (after a warm-up call on a
-    few rows: where bf16 is emulated, a full one would take long)."""
-    m, k, n = shape
-    g = torch.Generator(device=device).manual_seed(0)  # the run's own random streams stay untouched
-    a = torch.randn(m, k, device=device, generator=g).to(dtype)
-    b = torch.randn(k, n, device=device, generator=g).to(dtype)
-    a[:8] @ b
-    synchronize(device)
-    start = time.perf_counter()
-    a @ b
-    synchronize(device)
-    return time.perf_counter() - start
+# candidate -> seconds of one training step; injectable for tests
+StepTimer = Callable[[str], float]
 
 
-def matmul_shape(cfg: Config, device: torch.device) -> tuple[int, int, int]:
-    """The feed-forward matmul of one micro-batch, its rows capped at ``MAX_FLOPS`` for the device."""
-    k, n = cfg.model.n_embd, cfg.model.ffn_dim
-    rows = cfg.train.batch_size * cfg.model.block_size
-    cap = MAX_FLOPS.get(device.type, MAX_FLOPS["cpu"])
-    return max(1, min(rows, int(cap // (2 * k * n)))), k, n
+def candidates(device: torch.device) -> list[str]:
+    """The dtypes worth timing on ``device``; fp32 first."""
+    if device.type == "cuda":
+        return ["float32", "bfloat16", "float16"] if torch.cuda.is_bf16_supported() else ["float32", "float16"]
+    if device.type in ("cpu", "mps", "xpu"):
+        return ["float32", "bfloat16"]
+    return ["float32"]
 
 
-def pick_dtype(cfg: Config, device: torch.device, timer: Timer = time_matmul) -> tuple[str, str]:
-    """``("bfloat16" | "float32", the line that says why)`` for this device and model."""
-    shape = matmul_shape(cfg, device)
-    flops = 2 * shape[0] * shape[1] * shape[2]
-    dims = "x".join(map(str, shape))
-    if device.type not in MAX_FLOPS or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-        return "float32", f"train.dtype=auto: float32 (no bf16 autocast measured on {device.type})"
-    if flops < MIN_FLOPS:
-        return "float32", f"train.dtype=auto: float32 (the model's {dims} matmul is too small to gain from bf16)"
-    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
-    for _ in range(ROUNDS):  # alternately: a neighbour's load hits both alike
-        for dtype in best:
-            best[dtype] = min(best[dtype], timer(device, dtype, shape))
-        if best[torch.bfloat16] > 2 * best[torch.float32]:  # emulated bf16: clear at once, and slow to time
+def ffn_flops(cfg: Config) -> float:
+    """FLOPs of one micro-batch's feed-forward input matmul, ``(B*T, n_embd) @ (n_embd, ffn_dim)``."""
+    return 2.0 * cfg.train.batch_size * cfg.model.block_size * cfg.model.n_embd * cfg.model.ffn_dim
+
+
+def choose(times: dict[str, list[float]], tokens: int) -> tuple[str, dict[str, float]]:
+    """(the dtype, each candidate's tokens/s) from each candidate's step times in seconds (``tokens`` a step)."""
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    fastest = min(median, key=median.get)
+    choice = fastest if median[fastest] < (1 - MARGIN) * median["float32"] else "float32"
+    return choice, {name: tokens / max(s, 1e-12) for name, s in median.items()}
+
+
+def why(choice: str, rates: dict[str, float]) -> str:
+    """``bfloat16 (training steps, tokens/s: fp32 40,000, bf16 60,000)``."""
+    return f"{choice} (training steps, tokens/s: " + ", ".join(f"{_short(n)} {r:,.0f}" for n, r in rates.items()) + ")"
+
+
+def _short(name: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[name]
+
+
+def measure(step_time: StepTimer, names: list[str], budget_s: float = BUDGET_S) -> dict[str, list[float]]:
+    """Step times of each of ``names``, alternating rounds after ``WARMUP`` steps of each: at least
+    ``MIN_ROUNDS``, more while the timed steps took under ``budget_s`` in all. A candidate more than
+    ``DROP`` times slower than fp32 (bf16 a CPU emulates) has lost and is not timed again."""
+    for name in names:
+        for _ in range(WARMUP):
+            step_time(name)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    timing = list(names)
+    for rounds in range(MAX_ROUNDS):
+        for name in timing:  # alternately: a neighbour's load hits every candidate alike
+            times[name].append(step_time(name))
+        timing = [n for n in timing if min(times[n]) <= DROP * min(times["float32"])]
+        if rounds + 1 >= MIN_ROUNDS and sum(map(sum, times.values())) > budget_s:
             break
-    fp32, bf16 = (flops / max(best[d], 1e-12) / 1e9 for d in (torch.float32, torch.bfloat16))
-    choice = "bfloat16" if bf16 >= MIN_SPEEDUP * fp32 else "float32"
-    return choice, (f"train.dtype=auto: {choice} (a {dims} matmul on {device.type}: bf16 {_rate(bf16)} GFLOP/s, "
-                    f"fp32 {_rate(fp32)} GFLOP/s)")
+    return times
 
 
-def _rate(gflops: float) -> str:
-    return f"{gflops:,.0f}" if gflops >= 100 else f"{gflops:.3g}"
+def timed(run: Callable[[str], None], device: torch.device) -> StepTimer:
+    """A StepTimer: the seconds ``run(name)`` takes on ``device``."""
+    def step_time(name: str) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        run(name)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    return step_time
 
 
-def resolve_auto_dtype(cfg: Config, env: DistEnv, timer: Timer = time_matmul) -> str:
-    """Replace ``cfg.train.dtype="auto"`` with the dtype measured faster (bf16 only when every rank
-    measured it faster, so that all ranks agree); return the line saying what was chosen and why."""
-    choice, line = pick_dtype(cfg, env.device, timer)
-    votes = sum_across_ranks([float(choice == "bfloat16")], env)[0]
-    if choice == "bfloat16" and votes < env.world_size:
-        choice, line = "float32", f"{line}; float32 all the same: not every rank measured bf16 faster"
-    cfg.train = replace(cfg.train, dtype=choice)
+@contextmanager
+def _untouched(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Whatever steps run inside, ``model``'s weights, gradients and the random streams come out as they went in."""
+    saved = [p.detach().to("cpu", copy=True) for p in model.parameters()]
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), saved):
+                p.copy_(s)
+                p.grad = None
+
+
+def step_runner(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: bool) -> Callable[[str], None]:
+    """``run(dtype)``: one training step of ``model`` in ``dtype`` on random tokens of the run's batch."""
+    m, t = cfg.model, cfg.train
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randint(0, m.vocab_size, (t.batch_size, m.block_size), generator=g).to(device)
+    y = torch.randint(0, m.vocab_size, (t.batch_size, m.block_size), generator=g).to(device)
+    optimizer = None if fsdp else build_optimizer(model, cfg.optim, device)
+    scalers = {name: build_grad_scaler(device, getattr(torch, name)) for name in candidates(device)}
+
+    def run(name: str) -> None:
+        dtype = getattr(torch, name)
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        with autocast:
+            _, loss = model(x, y)
+        scalers[name].scale(loss).backward()
+        if optimizer is not None:
+            scalers[name].step(optimizer)
+            scalers[name].update()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def cache_file(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: bool) -> Path:
+    """Where the choice for this device, model, trained parameters (LoRA, freezing), batch, optimizer and
+    torch version is kept."""
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    key = {"device": device_name(device), "model": asdict(cfg.model), "trained": trained,
+           "batch_size": cfg.train.batch_size, "optim": cfg.optim.name, "fsdp": fsdp, "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("FASTGPT_CACHE_DIR", Path.home() / ".cache" / "fastgpt"))
+    return root / "dtype" / f"{digest}.json"
+
+
+def _cached(file: Path, names: list[str]) -> tuple[str, dict[str, float]] | None:
+    """The (choice, tokens/s) kept in ``file``; None when absent, unreadable or not a choice among ``names``."""
+    try:
+        if file.stat().st_size > MAX_BYTES:
+            return None
+        data = json.loads(file.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not (isinstance(data, dict) and set(data) == {"choice", "tokens_per_s"} and data["choice"] in names):
+        return None
+    rates = data["tokens_per_s"]
+    if (isinstance(rates, dict) and set(rates) <= set(names) and "float32" in rates and data["choice"] in rates
+            and all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in rates.values())):
+        return data["choice"], rates
+    return None
+
+
+def _store(file: Path, choice: str, rates: dict[str, float]) -> None:
+    """Keep the choice in ``file``, atomically; a cache that cannot be written is only a lost shortcut."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"choice": choice, "tokens_per_s": rates}, f)
+        os.replace(tmp, file)
+    except OSError:
+        pass
+
+
+def pick_dtype(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: bool = False,
+               timer: StepTimer | None = None) -> tuple[str, str]:
+    """``(dtype, the line that says why)`` for this run's model on ``device``; ``timer`` replaces the
+    real steps (tests)."""
+    names = candidates(device)
+    if len(names) == 1:
+        return "float32", f"train.dtype=auto: float32 (no lower precision is timed on {device.type})"
+    if ffn_flops(cfg) < MIN_FLOPS:
+        return "float32", "train.dtype=auto: float32 (a toy model: too small to gain from a lower precision)"
+    file = cache_file(cfg, model, device, fsdp)
+    if timer is None and (kept := _cached(file, names)) is not None:
+        return kept[0], f"train.dtype=auto: {why(*kept)}; cached in {file}"
+    start = time.perf_counter()
+    if timer is not None:
+        times = measure(timer, names)
+    else:
+        with _untouched(model, device):
+            times = measure(timed(step_runner(cfg, model, device, fsdp), device), names)
+    choice, rates = choose(times, cfg.train.batch_size * cfg.model.block_size)
+    if timer is None:
+        _store(file, choice, rates)
+    return choice, f"train.dtype=auto: {why(choice, rates)}; measured in {time.perf_counter() - start:.1f} s"
+
+
+def resolve_auto_dtype(cfg: Config, model: torch.nn.Module, env: DistEnv, fsdp: bool = False,
+                       timer: StepTimer | None = None) -> str:
+    """Replace ``cfg.train.dtype="auto"`` with the dtype measured fastest (rank 0's choice on every
+    rank, so that all ranks agree); return the line saying what was chosen and why."""
+    choice, line = pick_dtype(cfg, model, env.device, fsdp, timer)
+    first, first_line = gather_objects((choice, line), env)[0]
+    if first != choice:
+        line = f"{first_line} (rank 0's choice; this rank measured {choice})"
+    cfg.train = replace(cfg.train, dtype=first)
     return line

@@ -79,7 +79,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + env.rank)  # but different dropout masks
         self._say(choice_line(cfg.train.device, env.device))
         if cfg.train.dtype == "auto":  # measured here and saved resolved: a resumed run keeps the choice
-            self._say(resolve_auto_dtype(self.cfg, env))
+            self._say(resolve_auto_dtype(self.cfg, self.model, env, fsdp=self.fsdp))
         else:
             self._say(f"train.dtype={cfg.train.dtype}")
         dtype = getattr(torch, self.cfg.train.dtype)
