@@ -150,3 +150,33 @@ def test_eval_keeps_to_the_folders_named(run, corpus: Path, tmp_path: Path, cli_
     (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
     assert eval_mod.main(["--checkpoint", str(out), "--device", "cpu"]) == 0  # inside: read, prepared here
     assert not (tmp_path / "far").exists() and (here / "data_cache").is_dir()
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/hostname", "sub/model.safetensors", "missing"])
+def test_a_weight_index_names_only_files_beside_it(tmp_path: Path, corpus: Path, cli_error, shard: str) -> None:
+    """A sharded HF folder's index.json names its shard files; a name leading out of the folder is refused."""
+    from safetensors.torch import save_file
+    from transformers import GPT2Config
+
+    folder = tmp_path / "hf"
+    GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=40).save_pretrained(folder)
+    (folder / "sub").mkdir()
+    for outside in (tmp_path / "outside.safetensors", folder / "sub" / "model.safetensors"):
+        save_file({"wte.weight": torch.zeros(40, 16)}, str(outside))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": shard}}))
+    line = cli_error(train_mod.main, [*_args(corpus, tmp_path / "out"), f"train.init_from=hf:{folder}"])
+    assert "has unreadable weights" in line and f"names {shard!r}, which is not a file in" in line
+
+
+def test_a_sharded_hf_folder_is_read(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from fastgpt.hf.convert import read_hf
+
+    folder = tmp_path / "hf"
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=16, vocab_size=40))
+    model.save_pretrained(folder, max_shard_size="10KB")
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) > 1
+    (_, read), (_, expected) = read_hf(str(folder)), read_hf(model)
+    assert read.keys() == expected.keys() and all(torch.equal(read[k], expected[k]) for k in expected)

@@ -252,13 +252,27 @@ def _download(repo_id: str) -> Path:
     raise ValueError(f"hub repo {repo_id!r} has no model.safetensors or pytorch_model.bin")
 
 
+def _indexed_files(path: Path, index: str) -> list[Path]:
+    """The weight files that ``path/index`` (a sharded checkpoint's ``weight_map``) names, each inside ``path``.
+    (A broken index raises; the caller names the folder's weights unreadable.)"""
+    weight_map = json.loads((path / index).read_text(encoding="utf-8"))["weight_map"]
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ValueError(f"{str(path / index)!r}: weight_map is not an object of file names")
+    files = []
+    for name in sorted(set(weight_map.values())):  # a name, never a path: the shards lie beside the index
+        if Path(name).name != name or name in (".", "..") or not (path / name).is_file():
+            raise ValueError(f"{str(path / index)!r} names {name[:100]!r}, which is not a file in {str(path)!r}")
+        files.append(path / name)
+    return files
+
+
 def _read_weights(path: Path) -> dict[str, Tensor]:
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):  # fmt: skip
         if (path / single).is_file():
             files = [path / single]
         elif (path / index).is_file():
-            files = [path / f for f in sorted(set(json.loads((path / index).read_text())["weight_map"].values()))]
+            files = _indexed_files(path, index)
         else:
             continue
         state: dict[str, Tensor] = {}
