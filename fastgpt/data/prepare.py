@@ -59,7 +59,12 @@ class PreparedData:
         directory = Path(directory)
         if not (directory / MANIFEST).is_file():
             raise FileNotFoundError(f"{directory} is not a prepared dataset: {MANIFEST} is missing")
-        manifest = json.loads((directory / MANIFEST).read_text())
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+        except RecursionError:  # json's decoder on deeply nested arrays or objects
+            raise ValueError(f"{directory / MANIFEST} is nested too deeply to read") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{directory / MANIFEST} is not a JSON object")
         return cls(directory, load_tokenizer(directory), manifest)
 
     @property

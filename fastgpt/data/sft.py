@@ -84,6 +84,8 @@ def read_conversations(path: str) -> list[tuple[int, list[dict[str, str]]]]:
             raise ValueError(f"{path}:{number}: not UTF-8 text") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:  # json's decoder on deeply nested arrays or objects
+            raise ValueError(f"{path}:{number}: nested too deeply to read") from None
         except ValueError as exc:
             raise ValueError(f"{path}:{number}: {exc}") from None
     if not rows:

@@ -149,6 +149,8 @@ def _parse_json(text: str, path: Path, line: int | None = None) -> object:
     except json.JSONDecodeError as exc:
         where = f"line {line}" if line else f"line {exc.lineno} column {exc.colno}"
         raise ValueError(f"{path}: {where} is not valid JSON ({exc.msg})") from None
+    except RecursionError:  # json's decoder on deeply nested arrays or objects
+        raise ValueError(f"{path}: {f'line {line}' if line else 'the JSON'} is nested too deeply to read") from None
 
 
 def file_documents(path: Path, text_column: str) -> list[str]:

@@ -241,6 +241,8 @@ def read_jsonl(task: Task, path: str | Path) -> list[MCQItem]:
                 items.append(convert(task, record))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:  # json's decoder on deeply nested arrays or objects
+                raise ValueError(f"{path}:{lineno}: nested too deeply to read") from None
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(

@@ -81,7 +81,7 @@ class MetricsLog:
         for line in self.path.read_text(errors="replace").splitlines():
             try:
                 event = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply to be ours
                 continue
             if isinstance(event, dict):
                 events.append(event)
