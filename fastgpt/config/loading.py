@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from fastgpt.config import yaml_text
 from fastgpt.config.schema import SECTIONS, Config
 from fastgpt.presets import preset_fields
 
@@ -170,29 +171,33 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     key, sep, value = item.partition("=")
     section, dot, name = key.partition(".")
     if not sep or not dot or not section or not name:
-        raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.max_iters=100)")
+        raise ValueError(f"override {_cut(item)} must look like section.key=value (e.g. train.max_iters=100)")
     if value == "":
         return section, name, ""
     try:
-        return section, name, yaml.safe_load(value)
+        return section, name, yaml_text.parse(value)
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())[:120]
-        raise ValueError(f"override {item!r}: the value is not valid YAML ({reason})") from None
+        raise ValueError(f"override {_cut(item)}: the value is not valid YAML ({reason})") from None
+
+
+def _cut(text: str, keep: int = 80) -> str:
+    """``repr(text)``, its middle elided when long: an error line stays one readable line."""
+    return repr(text) if len(text) <= keep else f"{text[:keep // 2]!r}...{text[-keep // 4:]!r} ({len(text):,} chars)"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML config file as nested dicts (not yet checked); errors name the file (and the line)."""
     if not path.exists():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = yaml_text.read_text(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:  # a folder, no permission, ...
-        raise ValueError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+        data = yaml_text.parse(text)
     except yaml.MarkedYAMLError as exc:
         mark, context = exc.problem_mark, f" ({exc.context})" if exc.context else ""
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ValueError(f"config file {str(path)!r} is not valid YAML{where}: {exc.problem}{context}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         return {}

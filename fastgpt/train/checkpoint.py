@@ -41,7 +41,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_model
 
-from fastgpt.config import GPTConfig
+from fastgpt.config import GPTConfig, yaml_text
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
 from fastgpt.train import adapters, run_dir
@@ -226,9 +226,10 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
 
 def read_config(ckpt: Path) -> dict[str, Any]:
     try:
-        config = yaml.safe_load((ckpt / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no readable config.yaml: {exc}") from None
+        config = yaml_text.parse(yaml_text.read_text(ckpt / "config.yaml", "config"))
+    except (ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no readable config.yaml: {reason}") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has a config.yaml without a model section")
     return config
