@@ -58,9 +58,9 @@ def test_config_errors(corpus: Path, tmp_path: Path, cli_error, extra: list[str]
 
 def test_unreadable_config_files(corpus: Path, tmp_path: Path, cli_error) -> None:
     args = _args(corpus, tmp_path / "out")
-    assert "cannot be read: Is a directory" in cli_error(train_mod.main, ["--config", str(tmp_path), *args])
+    assert "is a folder, not a file" in cli_error(train_mod.main, ["--config", str(tmp_path), *args])
     (tmp_path / "junk.yaml").write_bytes(b"\xff\xfe\x00garbage\x80")
-    assert "is not valid YAML" in cli_error(train_mod.main, ["--config", str(tmp_path / "junk.yaml"), *args])
+    assert "is not UTF-8 text" in cli_error(train_mod.main, ["--config", str(tmp_path / "junk.yaml"), *args])
     (tmp_path / "list.yaml").write_text("- train\n- model\n")
     line = cli_error(train_mod.main, ["--config", str(tmp_path / "list.yaml"), *args])
     assert "must map section names to mappings, got list" in line

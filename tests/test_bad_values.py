@@ -40,6 +40,9 @@ from fastgpt.train import cli as train_mod
     ("model.n_layer=2147483648", "model.n_layer=2147483648 is beyond the limit of 1,024"),
     ("model.n_embd=32768", "this run needs at least"),  # within the limits, beyond this machine's memory
     ("data.tokenizer=" + "x" * 300, "tokenizer 'xxxx"),
+    ("train.epochs=1e308", "train.epochs must be positive and at most 1,000,000, got 1e+308"),
+    ("train.epochs=.nan", "train.epochs must be a finite number, got nan"),
+    ("optim.gamma=1e308", "optim.gamma must be in (0, 1], got 1e+308"),
 ])  # fmt: skip
 def test_values_out_of_range(corpus: Path, tmp_path: Path, cli_error, override: str, message: str) -> None:
     extra = [override, "model.n_layer=1024", "model.n_head=64"] if override == "model.n_embd=32768" else [override]

@@ -29,6 +29,7 @@ MODEL_LIMITS = {"vocab_size": 1 << 24, "block_size": 1 << 20, "n_layer": 1024, "
 TRAIN_LIMITS = {"batch_size": 1 << 20, "grad_accum_steps": 1 << 20, "eval_iters": 100_000,
                 "max_iters": 1 << 40, "sample_tokens": 1 << 20, "keep_checkpoints": 1 << 20}
 MAX_SPECIAL_TOKEN_WEIGHT = 1000.0
+MAX_EPOCHS = 1_000_000
 MAX_WORKERS = 1024
 
 
@@ -205,8 +206,8 @@ class TrainConfig:
         if not self.init_from or self.init_from == "hf:":
             raise ValueError(f"train.init_from={self.init_from!r} is not 'scratch', 'hf:PATH_OR_HUB_ID' or a fastgpt "
                              "run or checkpoint folder")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"train.epochs must be positive, got {self.epochs!r}")
+        if self.epochs is not None and not 0 < self.epochs <= MAX_EPOCHS:  # nan too
+            raise ValueError(f"train.epochs must be positive and at most {MAX_EPOCHS:,}, got {self.epochs!r}")
         self._check_finetuning()
 
     def _check_finetuning(self) -> None:
@@ -254,7 +255,7 @@ class OptimConfig:
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # None = the run's length
     step_size: int = 1000  # step scheduler: decay every N iterations
-    gamma: float = 0.1  # step scheduler: multiply the lr by this
+    gamma: float = 0.1  # step scheduler: multiply the lr by this (in (0, 1]) every step_size steps
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, ("adamw", "fused_adamw", "sgd"))
@@ -264,8 +265,8 @@ class OptimConfig:
         if self.warmup_iters < 0:
             raise ValueError(f"optim.warmup_iters must be >= 0, got {self.warmup_iters!r}")
         _positive("optim.step_size", self.step_size)
-        if not self.gamma > 0:
-            raise ValueError(f"optim.gamma must be positive, got {self.gamma!r}")
+        if not 0 < self.gamma <= 1:  # a decay: beyond 1, gamma ** steps overflows
+            raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma!r}")
 
 
 @dataclass

@@ -40,6 +40,8 @@ def parse(text: str) -> Any:
 def read_text(path: Path, what: str) -> str:
     """The text of ``path`` (``what`` names it in errors): a regular UTF-8 file of at most MAX_BYTES."""
     try:
+        if path.is_dir():
+            raise ValueError(f"{what} {str(path)!r} is a folder, not a file")
         if not path.is_file():
             raise ValueError(f"{what} {str(path)!r} is not a regular file")
         with open(path, "rb") as f:
