@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from fastgpt.config import yaml_text
 from fastgpt.config.schema import SECTIONS, Config
+from fastgpt.config.yaml_text import parse as parse_yaml
+from fastgpt.config.yaml_text import read_text as read_yaml_text
 from fastgpt.presets import preset_fields
 
 # what ``--resume`` may change: settings that leave the saved state meaning what it meant (how long
@@ -175,7 +176,7 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     if value == "":
         return section, name, ""
     try:
-        return section, name, yaml_text.parse(value)
+        return section, name, parse_yaml(value)
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())[:120]
         raise ValueError(f"override {_cut(item)}: the value is not valid YAML ({reason})") from None
@@ -190,9 +191,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML config file as nested dicts (not yet checked); errors name the file (and the line)."""
     if not path.exists():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = yaml_text.read_text(path, "config file")
+    text = read_yaml_text(path, "config file")
     try:
-        data = yaml_text.parse(text)
+        data = parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark, context = exc.problem_mark, f" ({exc.context})" if exc.context else ""
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
