@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fastgpt.cache_dir import cache_dir
 from fastgpt.ops._backend import BACKENDS, cuda_emulated, unavailable_reason
 
 MAX_BYTES = 1 << 20
@@ -70,9 +71,8 @@ def stamp(device: torch.device) -> dict[str, str]:
 
 def path(device: torch.device) -> Path:
     """The cache file for ``device`` and this software stack."""
-    root = Path(os.environ.get("FASTGPT_CACHE_DIR", Path.home() / ".cache" / "fastgpt"))
     digest = hashlib.sha256(json.dumps(stamp(device), sort_keys=True).encode()).hexdigest()[:16]
-    return root / "autotune" / f"{digest}.json"
+    return cache_dir("autotune") / f"{digest}.json"
 
 
 def _milliseconds(t: object) -> bool:

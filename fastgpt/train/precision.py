@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from fastgpt.cache_dir import cache_dir
 from fastgpt.config import Config
 from fastgpt.device import device_name, synchronize
 from fastgpt.train.distributed import DistEnv, gather_objects
@@ -155,8 +156,7 @@ def cache_file(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: 
     key = {"device": device_name(device), "model": asdict(cfg.model), "trained": trained,
            "batch_size": cfg.train.batch_size, "optim": cfg.optim.name, "fsdp": fsdp, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("FASTGPT_CACHE_DIR", Path.home() / ".cache" / "fastgpt"))
-    return root / "dtype" / f"{digest}.json"
+    return cache_dir("dtype") / f"{digest}.json"
 
 
 def _cached(file: Path, names: list[str]) -> tuple[str, dict[str, float]] | None:

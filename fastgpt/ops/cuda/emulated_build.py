@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from fastgpt.cache_dir import cache_dir as cache_root
+
 TRANSFORM_VERSION = "1"
 # -fno-strict-aliasing: the kernels reinterpret shared and global memory freely, as nvcc allows
 _FLAGS = tuple(os.environ.get("FASTGPT_CUDA_EMULATE_CXXFLAGS", "-O2").split()) + (
@@ -73,7 +75,7 @@ def csrc_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FASTGPT_CACHE_DIR", Path.home() / ".cache" / "fastgpt")) / "cuda-emu"
+    return cache_root("cuda-emu")
 
 
 def transform(text: str, origin: str) -> str:
