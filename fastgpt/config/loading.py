@@ -54,9 +54,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``raw`` (nested dicts, changed in place and returned) with each ``section.key=value`` set."""
-    for item in overrides:
-        section, key, value = parse_override(item)
+    """``raw`` (nested dicts, changed in place and returned) with each ``section.key=value`` set.
+
+    A ``model.preset=NAME`` among them replaces raw's model section (a recipe's or a config file's
+    model keys); the other ``model.*`` overrides apply on top of the preset, in any order.
+    """
+    parsed = [parse_override(item) for item in overrides]
+    if ("model", "preset") in {(section, key) for section, key, _ in parsed}:
+        raw["model"] = {}
+    for section, key, value in parsed:
         if raw.get(section) is None:
             raw[section] = {}
         if not isinstance(raw[section], dict):

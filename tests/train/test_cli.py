@@ -121,6 +121,53 @@ def test_print_config_prints_the_resolved_config_and_touches_nothing(corpus: Pat
     assert list(tmp_path.iterdir()) == []  # no out_dir, no cache, no lock
 
 
+def _unsized(corpus: Path, out: Path) -> list[str]:
+    """The tiny run's arguments less its model keys."""
+    return [a for a in _args(corpus, out) if not a.startswith("model.")]
+
+
+def _trained_model(out: Path) -> dict:
+    """The model section a finished run saved, checked against its weights' shapes."""
+    from safetensors import safe_open
+
+    ckpt = max(out.glob("ckpt-*"))
+    model = yaml.safe_load((ckpt / "config.yaml").read_text())["model"]
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as weights:
+        blocks = {m.group(1) for name in weights.keys() if (m := re.match(r"(?:.*\.)?blocks\.(\d+)\.", name))}
+        widths = {weights.get_slice(name).get_shape()[-1] for name in ("ln_f.norm.weight", "lm_head.weight")}
+    assert len(blocks) == model["n_layer"] and widths == {model["n_embd"]}
+    return model
+
+
+def test_a_preset_on_the_command_line_replaces_the_recipes_model(corpus: Path, tmp_path: Path) -> None:
+    # the CPU recipe sets n_layer 4, n_embd 128, dropout 0 and bias false; the preset's own values win,
+    # and a model key given beside the preset (before or after it) applies on top
+    args = [*_unsized(corpus, tmp_path / "out"), "train.max_iters=1", "model.n_embd=48", "model.preset=shakespeare-char",
+            "model.block_size=16"]
+    train_mod.main(["--recipe", "cpu", *args])
+    model = _trained_model(tmp_path / "out")
+    assert (model["n_layer"], model["n_head"], model["n_embd"], model["block_size"]) == (6, 6, 48, 16)
+    assert (model["dropout"], model["bias"]) == (0.2, False)
+
+
+def test_a_preset_on_the_command_line_replaces_a_config_files_model(corpus: Path, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {preset: gpt2, n_layer: 3, n_head: 4, n_embd: 32}\ntrain: {max_iters: 1}\n")
+    args = [*_unsized(corpus, tmp_path / "out"), "model.preset=babyjoey", "model.n_embd=24", "model.block_size=16"]
+    train_mod.main(["--config", str(config), *args])
+    model = _trained_model(tmp_path / "out")
+    # babyjoey is 4 x 4 x 256 with dropout 0.1: the file's n_layer 3 and n_head 4 are gone with its preset
+    assert (model["n_layer"], model["n_head"], model["n_embd"], model["dropout"]) == (4, 4, 24, 0.1)
+
+
+def test_a_preset_in_a_config_file_takes_the_files_model_keys_on_top(corpus: Path, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {preset: babyjoey, n_layer: 2, n_embd: 24, block_size: 16}\ntrain: {max_iters: 1}\n")
+    train_mod.main(["--config", str(config), *_unsized(corpus, tmp_path / "out")])
+    model = _trained_model(tmp_path / "out")
+    assert (model["n_layer"], model["n_head"], model["n_embd"], model["dropout"]) == (2, 4, 24, 0.1)
+
+
 def test_help_lists_every_key_with_its_default(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop:
         train_mod.main(["--help"])
