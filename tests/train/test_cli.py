@@ -142,8 +142,8 @@ def _trained_model(out: Path) -> dict:
 def test_a_preset_on_the_command_line_replaces_the_recipes_model(corpus: Path, tmp_path: Path) -> None:
     # the CPU recipe sets n_layer 4, n_embd 128, dropout 0 and bias false; the preset's own values win,
     # and a model key given beside the preset (before or after it) applies on top
-    args = [*_unsized(corpus, tmp_path / "out"), "train.max_iters=1", "model.n_embd=48", "model.preset=shakespeare-char",
-            "model.block_size=16"]
+    args = [*_unsized(corpus, tmp_path / "out"), "train.max_iters=1", "model.n_embd=48",
+            "model.preset=shakespeare-char", "model.block_size=16"]
     train_mod.main(["--recipe", "cpu", *args])
     model = _trained_model(tmp_path / "out")
     assert (model["n_layer"], model["n_head"], model["n_embd"], model["block_size"]) == (6, 6, 48, 16)
