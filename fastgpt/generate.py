@@ -25,6 +25,7 @@ import torch
 from fastgpt.data.chat_template import ChatTemplate
 from fastgpt.device import resolve_device
 from fastgpt.model import GPT
+from fastgpt.output import check_output, write_output
 
 
 @torch.no_grad()
@@ -162,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
-    """The prompts asked for; ValueError/FileNotFoundError for a missing or empty file or output folder."""
+    """The prompts asked for; ValueError/FileNotFoundError for a missing or empty file, or an --output that
+    cannot be written."""
     if args.prompt_file is not None and args.prompt is not None:
         raise ValueError("give --prompt TEXT or --prompt_file FILE, not both")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.output is not None and not Path(args.output).expanduser().resolve().parent.is_dir():
-        raise FileNotFoundError(f"--output {args.output!r}: the folder {str(Path(args.output).parent)!r} "
-                                "does not exist")
+    if args.output is not None:
+        check_output(args.output)  # a folder, a missing folder, /proc/x: said now, not after the work
     if (args.prompt_file or args.output) and args.num_samples != 1:
         raise ValueError("--num_samples applies to --prompt printed to stdout; --prompt_file and --output give "
                          "one response per prompt")
@@ -226,7 +227,7 @@ def _replies(args: argparse.Namespace, prompts: list[str], model: GPT, tokenizer
     if args.output is None:
         sys.stdout.write(lines)
     else:
-        Path(args.output).expanduser().write_text(lines, encoding="utf-8")
+        write_output(args.output, lines)  # atomic: a full disk leaves no half file
     return 0
 
 

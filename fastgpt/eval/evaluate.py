@@ -39,6 +39,7 @@ from fastgpt.data.progress import progress_bar
 from fastgpt.device import resolve_device
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
 from fastgpt.model import GPT
+from fastgpt.output import check_output, write_output
 from fastgpt.tokenizers import Tokenizer
 
 VAL_LOSS = "val_loss"
@@ -209,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 1 or args.batch_size < 1:
         raise ValueError(f"--limit and --batch_size must be >= 1, got {args.limit} and {args.batch_size}")
-    if args.output and (Path(args.output).is_dir() or not Path(args.output).parent.is_dir()):
-        what = "is a folder" if Path(args.output).is_dir() else "is in a folder that does not exist"
-        raise ValueError(f"--output {args.output!r} {what}; name a JSON file to write (checked before any task runs)")
+    if args.output:
+        check_output(args.output, before="any task")  # not after the tasks ran: a folder, /proc/x, no folder
     data = parse_data(args.data)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(data) or [VAL_LOSS]
     for task in tasks:
@@ -245,6 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                 results[task].update({"skipped": skipped[task]} if skipped[task] else {})
     print(format_table(results))
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        write_output(args.output, json.dumps(results, indent=1) + "\n")  # atomic; a full disk is one line
     return 0
 
