@@ -2,6 +2,7 @@
 
 * JSON nested 100000 deep in a data source (``.jsonl`` and ``.json``), an SFT row, an eval task's JSONL
   file, a prepared folder's manifest.json and a run's metrics.jsonl.
+* a training batch that cannot be allocated in CPU memory (torch's allocator refuses it).
 """
 
 from __future__ import annotations
@@ -87,3 +88,14 @@ def test_a_deep_line_in_metrics_is_skipped_on_resume(corpus: Path, trained: Path
     done = _run("train", "--resume", *tiny_args(corpus, out, "train.max_iters=3"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert DEEP not in (out / "metrics.jsonl").read_text()
+
+
+def test_a_batch_beyond_memory_on_cpu_is_one_error_line(corpus: Path, tmp_path: Path) -> None:
+    # the first big tensor, the (B, T, C) embedding, is 1048576 x 16 x 4096 floats = 256 GiB: far beyond this
+    # machine's memory, so the allocator refuses it at once (nothing is filled, nothing swaps)
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > 128 << 30:
+        pytest.skip("this machine has more than 128 GiB of memory: a 256 GiB tensor might be allocated")
+    line = _error(*_train_args(tmp_path, corpus, "train.batch_size=1048576", "model.n_embd=4096"), cwd=tmp_path)
+    assert line == ("error: the batch did not fit in memory (the CPU allocator refused a tensor of 256.0 GiB); "
+                    "use a smaller train.batch_size (now 1048576) and more train.grad_accum_steps, a smaller "
+                    "model.block_size (now 16), or a smaller model (model.n_embd, model.n_layer)")

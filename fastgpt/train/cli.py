@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import pathlib
+import re
 import sys
 from typing import Any
 
@@ -34,6 +35,20 @@ from fastgpt.train.run_dir import RunLock, checkpoints, holds_run
 from fastgpt.train.trainer import Trainer
 
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user
+# torch's CPU allocator refusing a tensor (c10 alloc_cpu.cpp); any other RuntimeError is not ours to name
+CPU_ALLOC_FAILED = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+
+
+def out_of_memory(cfg: Config, what: str) -> str:
+    """The error line for a training step that did not fit in host memory (``what``: how much it asked for)."""
+    return (f"the batch did not fit in memory ({what}); use a smaller train.batch_size (now {cfg.train.batch_size}) "
+            f"and more train.grad_accum_steps, a smaller model.block_size (now {cfg.model.block_size}), or a smaller "
+            "model (model.n_embd, model.n_layer)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
@@ -119,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     except torch.OutOfMemoryError:
         raise TrainingError(f"CUDA ran out of memory; use a smaller train.batch_size (now {cfg.train.batch_size}) "
                             "and more train.grad_accum_steps, or a smaller model") from None
+    except MemoryError as exc:  # numpy's "Unable to allocate 3.2 GiB for an array ...", Python's own
+        raise TrainingError(out_of_memory(cfg, _first_line(exc))) from None
     except RuntimeError as exc:
         message = collective_failure(exc, env)
+        if message is None and CPU_ALLOC_FAILED.search(str(exc)):
+            size = re.search(r"allocate (\d+) bytes", str(exc))
+            message = out_of_memory(cfg, f"the CPU allocator refused a tensor of {int(size[1]) / 2**30:,.1f} GiB"
+                                    if size else "the CPU allocator refused a tensor")
         if message is None:
             raise
         raise TrainingError(message) from None
