@@ -9,6 +9,7 @@ all-reduce after each phase tells every rank whether some rank's write failed.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,18 +64,19 @@ class Checkpointer:
             return
         state, error = self.state(counters), None
         staged = ckpt.staging_dir(self.out_dir, step) if self.sharded else None
-        if staged is not None:  # every rank writes its shards into one staging folder
-            if self.env.is_main:
-                try:
+        if self.env.is_main:
+            try:  # noted as the run's before any of its files exist: prune deletes only what the run saved
+                run_dir.record(Path(self.out_dir), step)
+                if staged is not None:  # every rank writes its shards into one staging folder
                     shutil.rmtree(staged, ignore_errors=True)
                     staged.mkdir(parents=True)
-                except OSError as exc:
-                    error = exc
-            if not sum_across_ranks([error is not None], self.env)[0]:
-                try:
-                    ckpt.save_shards(staged, self.model, self.optimizer, no_dist=not self.env.distributed)
-                except OSError as exc:  # raised on every rank when any rank's write failed
-                    error = exc
+            except OSError as exc:
+                error = exc
+        if staged is not None and not sum_across_ranks([error is not None], self.env)[0]:
+            try:
+                ckpt.save_shards(staged, self.model, self.optimizer, no_dist=not self.env.distributed)
+            except OSError as exc:  # raised on every rank when any rank's write failed
+                error = exc
         if self.env.is_main and error is None:
             try:
                 ckpt.save_checkpoint(self.out_dir, step, None if self.sharded else self.model,

@@ -5,7 +5,10 @@
 * ``checkpoints`` lists the run's checkpoint folders, so that a reader can take the newest complete
   one when a pointer is missing (a run killed after renaming ``ckpt-N`` into place but before
   writing its first pointer).
-* ``write_pointer`` replaces a pointer atomically; ``prune`` deletes the checkpoints no pointer keeps;
+* ``write_pointer`` replaces a pointer atomically; ``record`` notes in ``.checkpoints`` each checkpoint
+  the run is about to save; ``prune`` deletes those of them no pointer keeps, and what interrupted saves
+  of them left, by the exact names the run writes: a folder of the user's (``ckpt-backup``,
+  ``ckpt-000030-keep``, ``.ckpt-mine``, a ``ckpt-NNNNNN`` the run never saved) is never touched.
   ``later_checkpoints`` and ``rewind`` serve a run resumed from an earlier checkpoint.
 * ``holds_run`` tells whether a folder holds a run a new (not resumed) run would overwrite.
 * ``RunLock`` is the ``.lock`` file naming the pid of the run training into the folder.
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -23,8 +27,14 @@ from pathlib import Path
 from fastgpt.config import folder_error
 
 CKPT_NAME = re.compile(r"ckpt-\d{6,}")
+# what a save of ckpt-NNNNNN writes before renaming it into place: tempfile.mkdtemp(prefix=".ckpt-NNNNNN-")
+# (8 characters of tempfile's alphabet) or, sharded, checkpoint.staging_dir's ".ckpt-NNNNNN-staged"
+TEMP_CKPT = re.compile(r"\.(ckpt-\d{6,})-(?:staged|[a-z0-9_]{8})")
 LOCK = ".lock"
 POINTERS = ("latest", "best")
+RECORD = ".checkpoints"  # the checkpoints this run saved (one name a line): the only ones prune deletes
+# write_file's temporary files (tempfile.mkstemp(prefix=".latest-"), ...)
+TEMP_FILE = re.compile(r"\.(?:latest|best|checkpoints)-[a-z0-9_]{8}")
 RUN_FILES = ("latest", "best", "metrics.jsonl", "config.yaml")
 
 
@@ -96,34 +106,85 @@ def rewind(out_dir: str | Path, ckpt: Path) -> None:
 
 
 def write_pointer(out: Path, which: str, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{which}-", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / which)
+    write_file(out, which, name + "\n")
+
+
+def write_file(out: Path, file: str, text: str) -> None:
+    """Replace ``out/file`` with ``text`` atomically (a temporary file beside it, flushed, renamed over it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{file.lstrip('.')}-", dir=out)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _listed(out: Path) -> set[str] | None:
+    """The names ``out/.checkpoints`` lists; None when there is none (a run saved before the record
+    existed) or it is unreadable."""
+    try:
+        return {n for n in (out / RECORD).read_text(errors="replace").split() if CKPT_NAME.fullmatch(n)}
+    except OSError:
+        return None
+
+
+def recorded(out: Path) -> set[str]:
+    """The checkpoints that are the run's: those ``out/.checkpoints`` lists and those its pointers name."""
+    ours = _listed(out) or set()
+    for pointer in POINTERS:
+        try:
+            target = pointed(out, pointer)
+        except ValueError:
+            continue
+        ours |= {target.name} if target is not None else set()
+    return ours
+
+
+def record(out: Path, step: int) -> None:
+    """Note ``ckpt-{step}`` as the run's before any of its files exist (and what the pointers name now,
+    before the save moves them), so that ``prune`` may delete it, or what an interrupted save of it
+    left, once no pointer keeps it."""
+    _write_record(out, recorded(out) | {f"ckpt-{step:06d}"})
+
+
+def _write_record(out: Path, names: set[str]) -> None:
+    write_file(out, RECORD, "".join(f"{n}\n" for n in sorted(names, key=lambda n: int(n[5:]))))
 
 
 def prune(out: Path, newest: int) -> None:
-    """Delete the checkpoints that are neither ``best`` nor among the ``newest`` up to ``latest`` (those
-    after it belong to a run resumed from an earlier one), and what interrupted saves left (temporary
-    folders, pointers)."""
-    keep = set()
+    """Delete the run's checkpoints (recorded, or named by a pointer) that are neither ``best`` nor among
+    the ``newest`` up to ``latest`` (those after it belong to a run resumed from an earlier one), what
+    interrupted saves of them left (temporary folders) and ``write_file``'s temporary files. Only the
+    names the run writes match (``CKPT_NAME``, ``TEMP_CKPT``, ``TEMP_FILE``, in full): anything else in
+    ``out``, and a ``ckpt-NNNNNN`` the run never saved, is the user's and stays."""
+    keep, named = set(), set()
     for pointer in POINTERS:
         try:
             target = pointed(out, pointer)
         except ValueError:  # a pointer this run did not write: prune nothing
             return
-        keep |= {target.name} if target is not None else set()
+        named |= {target.name} if target is not None else set()
         if pointer == "latest" and target is not None:
             kept = [c for c in checkpoints(out) if step_of(c) <= step_of(target)]
             keep |= {c.name for c in kept[-newest:]}
+    keep |= named
+    ours = recorded(out)
     for entry in out.iterdir():
-        stale_ckpt = entry.name.startswith("ckpt-") and entry.name not in keep
-        if entry.is_dir() and (stale_ckpt or entry.name.startswith(".ckpt-")):
+        temp = TEMP_CKPT.fullmatch(entry.name)
+        if temp is not None and temp[1] in ours and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
-        elif entry.is_file() and entry.name.startswith(tuple(f".{p}-" for p in POINTERS)):
+        elif entry.name in ours and entry.name not in keep and inside(out, entry.name) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif TEMP_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
+    left = {n for n in ours if (out / n).is_dir()}  # the names of failed saves and pruned checkpoints go
+    if left != _listed(out):
+        with contextlib.suppress(OSError):  # a full disk: the next prune writes it
+            _write_record(out, left)
 
 
 class RunLock:

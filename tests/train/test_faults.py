@@ -17,6 +17,7 @@ from fastgpt.model import GPT
 from fastgpt.train import checkpoint
 from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load, load_state, resolve_checkpoint
+from fastgpt.train.run_dir import CKPT_NAME, RECORD
 
 TINY = [
     "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
@@ -46,11 +47,12 @@ def _curve(out: Path) -> list[dict]:
     return [{k: e[k] for k in keys if k in e} for e in events]
 
 
-def _leftovers(out: Path) -> list[str]:
-    """What interrupted saves left: temporary folders and pointer files, unnamed checkpoints."""
+def _leftovers(out: Path, mine: tuple[str, ...] = ()) -> list[str]:
+    """What interrupted saves left: temporary folders and pointer files, unnamed checkpoints (not the
+    run's record of its checkpoints, nor the user's own files ``mine``)."""
     named = {(out / p).read_text().strip() for p in ("latest", "best")}
-    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") or p.name.startswith("ckpt-")
-                  and p.name not in named)  # fmt: skip
+    return sorted(p.name for p in out.iterdir() if p.name not in (RECORD, *mine) and (
+        p.name.startswith(".") or p.name.startswith("ckpt-") and p.name not in named))  # fmt: skip
 
 
 SAVE_EVERY_2 = ("train.max_iters=6", "train.ckpt_interval=2", "train.eval_interval=100")
@@ -124,6 +126,40 @@ def test_kill_9_during_a_save_keeps_a_checkpoint(
     assert resolve_checkpoint(out).name == "ckpt-000006"
     assert _leftovers(out) == []  # ... is cleaned up by the next save
     assert _curve(out) == straight  # and the run went on as if nothing happened
+
+
+# --- pruning -------------------------------------------------------------------------------
+
+# the user's: names like the run's, but not the exact ones it writes (and a file like its temporary ones)
+MINE = ("ckpt-backup", "ckpt-000030-keep", ".ckpt-mine", ".best-runs.txt")
+
+
+def _ckpts(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if CKPT_NAME.fullmatch(p.name)}
+
+
+def test_pruning_deletes_the_runs_stale_checkpoints_and_nothing_of_the_users(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in MINE:
+        (out / name).mkdir() if name.startswith(("ckpt", ".ckpt")) else (out / name).write_text("my notes\n")
+        if (out / name).is_dir():
+            (out / name / "notes.txt").write_text("mine\n")
+    args = _args(corpus, out, "train.max_iters=6", "train.ckpt_interval=2", "train.eval_interval=100")
+    train_mod.main([*args, "train.keep_checkpoints=3"])  # a new run: saves 2, 4 and 6, keeps them all
+    assert _ckpts(out) == {"ckpt-000002", "ckpt-000004", "ckpt-000006"}
+    assert all((out / name).exists() for name in MINE)
+
+    (out / "ckpt-000099").mkdir()  # the exact name, but never saved by the run
+    (out / "ckpt-000099" / "notes.txt").write_text("mine\n")
+    train_mod.main(["--resume", *args, "train.max_iters=8", "train.keep_checkpoints=1"])
+    kept = {resolve_checkpoint(out).name, resolve_checkpoint(out, "best").name}
+    assert resolve_checkpoint(out).name == "ckpt-000008"
+    assert _ckpts(out) == kept | {"ckpt-000099"}  # 4, and 2 or 6 unless best: pruned
+    assert not (out / "ckpt-000004").exists()
+    assert all((out / name).exists() for name in MINE) and (out / "ckpt-000099" / "notes.txt").is_file()
+    assert _leftovers(out, (*MINE, "ckpt-000099")) == []
+    assert set((out / RECORD).read_text().split()) == kept  # what is left of the run's own
 
 
 def test_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(
