@@ -3,15 +3,19 @@
 * JSON nested 100000 deep in a data source (``.jsonl`` and ``.json``), an SFT row, an eval task's JSONL
   file, a prepared folder's manifest.json and a run's metrics.jsonl.
 * a training batch that cannot be allocated in CPU memory (torch's allocator refuses it).
+* ``lm_eval --tasks hellaswag`` whose dataset cannot be downloaded (offline, or no network at all: then
+  at once, not after the hub client's retries).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,38 @@ def test_a_batch_beyond_memory_on_cpu_is_one_error_line(corpus: Path, tmp_path: 
     assert line == ("error: the batch did not fit in memory (the CPU allocator refused a tensor of 256.0 GiB); "
                     "use a smaller train.batch_size (now 1048576) and more train.grad_accum_steps, a smaller "
                     "model.block_size (now 16), or a smaller model (model.n_embd, model.n_layer)")
+
+
+needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                   reason="lm-eval is not installed (pip install 'fastgpt[eval]')")
+
+
+def _lm_eval_env(tmp_path: Path, offline: bool) -> dict[str, str]:
+    """An empty Hugging Face cache (no copy of any task's dataset), with or without the offline switches."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} if offline else env
+
+
+@needs_lm_eval
+def test_lm_eval_offline_is_one_error_line(trained: Path, tmp_path: Path) -> None:
+    line = _error("lm_eval", "--model_args", f"checkpoint={trained},device=cpu", "--tasks", "hellaswag",
+                  cwd=tmp_path, env=_lm_eval_env(tmp_path, offline=True))
+    assert line.startswith("error: lm_eval --tasks hellaswag: a task's dataset could not be downloaded "
+                           "(Couldn't reach 'Rowan/hellaswag' on the Hub"), line
+    assert "HF_DATASETS_OFFLINE=1" in line and "--include_path DIR" in line
+    assert line.endswith("python -m fastgpt eval --checkpoint DIR --tasks hellaswag --data hellaswag=FILE.jsonl")
+
+
+@needs_lm_eval
+def test_lm_eval_without_network_fails_at_once(trained: Path, tmp_path: Path) -> None:
+    from fastgpt.data.sources import hub_unreachable
+
+    if hub_unreachable() is None:
+        pytest.skip("the Hugging Face hub can be reached from here: lm_eval would download hellaswag")
+    start = time.monotonic()
+    line = _error("lm_eval", "--model_args", f"checkpoint={trained},device=cpu", "--tasks", "hellaswag",
+                  cwd=tmp_path, env=_lm_eval_env(tmp_path, offline=False))
+    took = time.monotonic() - start
+    assert "could not be downloaded" in line and "; no network: " in line, line
+    assert took < 20, f"took {took:.0f} s: the hub client retried instead of failing at once"

@@ -17,6 +17,7 @@ request's temperature when ``do_sample`` is set) until a stop string, end of tex
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any
 
@@ -32,9 +33,11 @@ except ImportError as exc:
         sys.exit(2)
     raise ModuleNotFoundError(_MISSING, name=exc.name) from exc
 
+from fastgpt.data.sources import hub_unreachable
 from fastgpt.device import resolve_device
 from fastgpt.eval.mcq import encode_pair, score_tokens
 from fastgpt.generate import generate
+from fastgpt.messages import cut
 from fastgpt.tokenizers import EOT_TEXT
 from fastgpt.train.checkpoint import load
 
@@ -150,7 +153,11 @@ class FastGPTLM(LM):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """lm_eval's command line with the ``fastgpt`` model registered (and chosen when --model is absent)."""
+    """lm_eval's command line with the ``fastgpt`` model registered (and chosen when --model is absent).
+
+    Without network (no connection to the hub within a few seconds) the hub clients are put offline
+    before any task loads, so a dataset in their cache is still read and a missing one fails at once,
+    not after half a minute of retries; a task whose dataset cannot be downloaded is a ValueError."""
     from lm_eval.__main__ import cli_evaluate
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -158,9 +165,46 @@ def main(argv: list[str] | None = None) -> int:
     rest = args[len(command):]
     if command in ([], ["run"]) and not any(a == "--model" or a.startswith("--model=") for a in rest):
         rest = ["--model", "fastgpt", *rest]
+    tasks = _option(rest, "--tasks")
+    unreachable = None if tasks is None or _offline() else hub_unreachable()
+    if unreachable:  # read when datasets and huggingface_hub are imported, which has not happened yet
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     sys.argv = ["lm_eval", *command, *rest]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (ConnectionError, TimeoutError) as exc:  # datasets' "Couldn't reach 'Rowan/hellaswag' on the Hub"
+        raise ValueError(_not_downloaded(tasks or "", exc, unreachable)) from None
     return 0
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in ``args``."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _offline() -> bool:
+    """The user asked the hub clients for their local cache only."""
+    return any(os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _not_downloaded(tasks: str, exc: BaseException, unreachable: str | None) -> str:
+    """The error line for a task dataset the hub clients could not fetch, with the ways to a local copy."""
+    from fastgpt.eval.tasks import TASKS
+
+    reason = cut(" ".join(str(exc).split()) or type(exc).__name__, 200, quote=False)
+    network = f"; no network: {unreachable}" if unreachable else ""
+    ours = [t.strip() for t in tasks.split(",") if t.strip() in TASKS]
+    local = (f"; fastgpt's own eval reads local JSONL files: python -m fastgpt eval --checkpoint DIR --tasks "
+             f"{','.join(ours)} --data {ours[0]}=FILE.jsonl" if ours else "")
+    return (f"lm_eval --tasks {cut(tasks, 80, quote=False)}: a task's dataset could not be downloaded ({reason}"
+            f"{network}); a copy downloaded before is read from the Hugging Face cache with HF_DATASETS_OFFLINE=1, "
+            f"and lm_eval reads a task YAML naming local files with --include_path DIR{local}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+"""Values shown in error messages, kept short: a user's value (a config override, a CLI argument, a
+file's content) can be a megabyte long, and an error line should stay one readable line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def cut(value: Any, keep: int = 80, quote: bool = True) -> str:
+    """``repr(value)`` (``str(value)`` when not ``quote``), its middle elided when longer than ``keep``
+    characters: ``'abcd'...'yz' (1,000,000 chars)``. A string keeps its quotes on both pieces."""
+    if isinstance(value, str) and quote:
+        if len(value) <= keep:
+            return repr(value)
+        return f"{value[:keep // 2]!r}...{value[-keep // 4:]!r} ({len(value):,} chars)"
+    text = repr(value) if quote else str(value)
+    if len(text) <= keep:
+        return text
+    return f"{text[:keep // 2]}...{text[-keep // 4:]} ({len(text):,} chars)"
