@@ -174,6 +174,25 @@ def test_reference_definition_against_the_math(causal, S, device):
     torch.testing.assert_close(torch_path.flash_attention(q, k, v, causal), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_torch_path_on_cpu_computes_half_precision_in_fp32(dtype: torch.dtype) -> None:
+    # PyTorch's CPU kernel is slow in bf16 at small head_dim: fp32 inside, the input dtype outside,
+    # also under autocast (which would otherwise run SDPA in bf16 again)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 29, 32, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    dout = torch.randn(3, 4, 29, 32, generator=g).to(dtype)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(q32, k32, v32, is_causal=True)
+    wants = torch.autograd.grad(want, (q32, k32, v32), dout.float())
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            got = torch_path.flash_attention(q, k, v, True)
+        assert got.dtype == dtype
+        assert torch.equal(got, want.to(dtype))
+        for a, b in zip(torch.autograd.grad(got, (q, k, v), dout), wants, strict=True):
+            assert a.dtype == dtype and torch.equal(a, b.to(dtype))
+
+
 def test_triton_rejects_unsupported_inputs(device, backend_or_skip):
     backend_or_skip("triton")
     from fastgpt.ops.triton.flash_attention import unsupported_reason
