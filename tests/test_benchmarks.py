@@ -245,3 +245,21 @@ def test_shakespeare_char_trains_the_make_train_recipe(tmp_path: Path) -> None:
     (run,) = doc["fastgpt"]["runs"]
     assert run["evals"][-1]["iter"] == 20 and run["full_val_loss"] > 0 and run["median_step_ms"] > 0
     assert (tmp_path / "shakespeare_char_cpu_recipe_quick.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cpu_times_fastgpt_in_each_dtype_against_nanogpt(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "cpu.py"), "--quick", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((tmp_path / "cpu_quick.json").read_text())
+    rows = {r["name"]: r for r in doc["variants"]}
+    assert set(rows) == {"nanogpt", "fastgpt fp32", "fastgpt bf16"}  # --quick compiles nothing
+    assert rows["nanogpt"]["vs_nanogpt"] == 1.0 and doc["auto_dtype"] in ("float32", "bfloat16")
+    for r in rows.values():
+        assert len(r["step_times_s"]) == doc["steps"] == 2 and r["tokens_per_s"] > 0 and 0 < r["val_loss"] < 10
+    assert doc["shape_settings"]["n_embd"] == 128 and doc["cpu"]["threads"] >= 1 and "flags" in doc["cpu"]
+    assert (tmp_path / "cpu_quick.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run([sys.executable, str(BENCH_DIR / "cpu.py"), "--steps", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("error: --steps and --batch must be "
+                                                                                "at least 1")
