@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,10 +316,14 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
     if adapters.is_adapter_checkpoint(ckpt):
         try:
-            return adapters.load_merged(ckpt, config, tokenizer, device), tokenizer
+            merged = adapters.load_merged(ckpt, config, tokenizer, device)
         except (ValueError, FileNotFoundError) as exc:
             raise CheckpointError(str(exc)) from None
+        check_finite(merged.named_parameters(), ckpt, f"{adapters.ADAPTERS} (merged into its base model)")
+        return merged, tokenizer
     weights = None if sharded else read_weights(ckpt)
+    if weights is not None:
+        check_finite(weights.items(), ckpt, "model.safetensors")  # before the slow model build
     try:
         model_config = GPTConfig(**config["model"])
     except (TypeError, ValueError) as exc:
@@ -336,10 +340,23 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
     if weights is None:
         _load_sharded_weights(model, ckpt, allow_pickle)
+        check_finite(model.named_parameters(), ckpt, f"{SHARDS}/")
     else:
         load_weights(model, ckpt, weights)
     model.eval()
     return model, tokenizer
+
+
+def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], ckpt: Path, file: str) -> None:
+    """CheckpointError naming ``file`` of ``ckpt`` and the first of ``tensors`` (name, tensor) that holds a
+    NaN or an inf: such weights give NaN logits, which sampling cannot draw from and scores cannot use."""
+    for name, tensor in tensors:
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = tensor.numel() - int(finite.sum())
+            raise CheckpointError(f"checkpoint {str(ckpt)!r}: its {file} holds non-finite weights, first in {name} "
+                                  f"({bad:,} of {tensor.numel():,} values are NaN or inf); the run diverged before "
+                                  "this save: use one of its earlier checkpoints")
 
 
 def _load_sharded_weights(model: GPT, ckpt: Path, allow_pickle: bool) -> None:
