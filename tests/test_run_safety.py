@@ -175,11 +175,12 @@ def test_killed_before_the_first_pointer_falls_back_to_the_checkpoint(corpus: Pa
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 2 MiB tmpfs (root only; skipped elsewhere)."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest):
+    """A tmpfs of 2 MiB, or of the size the test parametrizes it with indirectly (root only; skipped elsewhere)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    size = getattr(request, "param", "2m")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()[:100]}")
     yield mount
@@ -197,6 +198,46 @@ def test_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(corpus: P
     fastgpt.load(str(out), which="latest")
     assert load_state(resolve_checkpoint(out))["iter"] == 2
     assert not [p.name for p in out.iterdir() if p.name.startswith(".ckpt-")]  # the partial save is gone
+
+
+# 70,000 characters: a char-token part of 140 KB in partial/, then train.bin (126 KB) and val.bin beside it
+WORDS = "the king and queen walk by night to see a ghost upon the wall".split()
+BIG_CORPUS = " ".join(WORDS[i * 7 % len(WORDS)] for i in range(20000))
+
+
+@pytest.mark.parametrize("small_disk, full_at", [("64k", "the part"), ("256k", "train.bin"), ("64k", "sft")],
+                         indirect=["small_disk"])  # fmt: skip
+def test_a_full_disk_while_preparing_data_is_one_error_line_and_keeps_the_finished_parts(
+        tmp_path: Path, small_disk: Path, full_at: str) -> None:  # fmt: skip
+    from fastgpt.data import DataConfig, prepare_data
+    from fastgpt.data.partial import FOLDER
+
+    if full_at == "sft":  # 2,000 examples of ~40 tokens: train.bin (uint16) and its mask do not fit in 64k
+        corpus, mode = tmp_path / "big.jsonl", "sft"
+        corpus.write_text("".join(json.dumps({"prompt": f"add {i} and {i % 7}", "response": str(i + i % 7)}) + "\n"
+                                  for i in range(2000)))  # fmt: skip
+    else:
+        corpus, mode = tmp_path / "big.txt", "random"
+        corpus.write_text(BIG_CORPUS)
+    args = [*TINY, f"data.dataset={corpus}", f"data.mode={mode}", f"data.cache_dir={small_disk / 'cache'}",
+            f"train.out_dir={tmp_path / 'out'}", "train.max_iters=2"]  # fmt: skip
+    line = _one_error_line(_train(*args))
+    (folder,) = (small_disk / "cache").iterdir()
+    assert line.startswith(f"error: data.cache_dir: cannot write the prepared data in '{folder}' (the disk is full")
+    # numpy's short write (an OSError without errno): 64k, of the part (np.save); 256k, of train.bin (tofile)
+    parts = {"the part": ["digest", "tokenizer"], "sft": ["digest"],
+             "train.bin": ["digest", "source0-part0.lengths.npy", "source0-part0.tokens.npy", "tokenizer"]}
+    assert sorted(p.name for p in (folder / FOLDER).iterdir()) == parts[full_at]
+    assert sorted(p.name for p in folder.iterdir()) == [FOLDER]  # no half-written token file, no manifest
+    assert list((tmp_path / "out").iterdir()) == []  # the run wrote nothing
+
+    subprocess.run(["mount", "-o", "remount,size=2m", str(small_disk)], check=True)
+    done = _train(*args)  # continues from what was kept, into what one uninterrupted preparation writes
+    assert done.returncode == 0, done.stderr[-3000:]
+    clean = prepare_data(DataConfig(dataset=str(corpus), mode=mode, cache_dir=str(tmp_path / "clean")),
+                         progress=False)  # fmt: skip
+    assert clean.dir.name == folder.name and not (folder / FOLDER).exists()
+    assert _snapshot(folder) == _snapshot(clean.dir)
 
 
 def test_a_diverging_run_keeps_its_good_checkpoints(corpus: Path, tmp_path: Path, monkeypatch, cli_error) -> None:

@@ -8,13 +8,19 @@ the next one with the same settings finds them and redoes only the rest; a part 
 read back as what it should be is tokenized again. ``partial/`` is removed once the manifest
 marks the folder done. Parts are NumPy ``.npy`` arrays read with ``allow_pickle=False`` and the
 tokenizer is JSON: nothing in the folder is executed.
+
+A write that fails (a full disk: NumPy's short write raises an ``OSError`` without an errno) inside
+``Partial.writing`` becomes one ``ValueError`` naming the folder; everything but the finished pieces
+is removed first, so no half-written file is left beside them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,8 @@ from fastgpt.tokenizers import META_FILE, Tokenizer, load_tokenizer
 FOLDER = "partial"
 _DIGEST = "digest"  # the settings' hash these files belong to
 _TOKENIZER = "tokenizer"
+_TMP = ".tmp"  # the suffix of a piece being written (``_write_whole``)
+DISK_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
 
 
 def _fsync(path: Path) -> None:
@@ -42,10 +50,14 @@ def fsync_folder(directory: Path) -> None:
 
 def _write_whole(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` into a temporary name beside ``path``, flush it to disk, then rename it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    _fsync(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + _TMP)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync(path.parent)
 
 
@@ -86,12 +98,13 @@ class Partial:
             except (OSError, ValueError):  # unreadable: build it again
                 shutil.rmtree(folder)
         tokenizer = build()
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save(tmp)
-        fsync_folder(tmp)
-        os.replace(tmp, folder)
-        _fsync(self.dir)
+        tmp = folder.with_name(folder.name + _TMP)
+        with self.writing():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save(tmp)
+            fsync_folder(tmp)
+            os.replace(tmp, folder)
+            _fsync(self.dir)
         return tokenizer
 
     def tokens(
@@ -116,13 +129,53 @@ class Partial:
         except (OSError, ValueError, EOFError):  # missing, or cut short by a crash before the rename
             pass
         tokens, lengths = tokenize()
-        for file, array in zip(files, (tokens, lengths), strict=True):
-            _write_whole(file, lambda p, a=array: _save_npy(p, a))
+        with self.writing():
+            for file, array in zip(files, (tokens, lengths), strict=True):
+                _write_whole(file, lambda p, a=array: _save_npy(p, a))
         return tokens, lengths
+
+    @contextlib.contextmanager
+    def writing(self, disk_only: bool = False) -> Iterator[None]:
+        """Writes into the folder: an ``OSError`` removes everything but the finished pieces and raises one
+        ``ValueError`` naming the folder and why. With ``disk_only`` (the block also reads its sources)
+        only a full or failing disk's: errno in ``DISK_FAILURES``, or a plain OSError with none (NumPy's
+        short write; a FileNotFoundError with a message of ours has none either, and is left alone)."""
+        try:
+            yield
+        except OSError as exc:
+            if disk_only and exc.errno not in DISK_FAILURES and not (exc.errno is None and type(exc) is OSError):
+                raise
+            error = _write_error(self.dir.parent, exc)
+            self._drop_unfinished()
+            raise error from None
+
+    def _drop_unfinished(self) -> None:
+        """Remove what a failed write left: every file of the folder but ``partial/``, and the pieces
+        ``partial/`` was still writing (``*.tmp``). A rerun with the same settings takes the rest."""
+        for path in [*self.dir.parent.iterdir(), *(self.dir.iterdir() if self.dir.is_dir() else ())]:
+            if path == self.dir or path.parent == self.dir and not path.name.endswith(_TMP):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def finish(self) -> None:
         """Remove the pieces (the folder's manifest now says it is done)."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _write_error(directory: Path, exc: OSError) -> ValueError:
+    """The one line for a write into ``directory`` that failed with ``exc``."""
+    detail = exc.strerror or str(exc).strip() or type(exc).__name__
+    try:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        full = False
+    why = "the disk is full" if full else "the write failed"
+    return ValueError(f"data.cache_dir: cannot write the prepared data in {str(directory)!r} ({why}: "
+                      f"{detail[:200]}); the parts finished so far are kept in its {FOLDER}/ folder, and a rerun "
+                      "with more free space continues from them")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -9,7 +9,9 @@ tokenizer, tokenizes in parallel, puts an eot id after every document and writes
 * the tokenizer (``Tokenizer.save``) and, last, ``manifest.json``.
 
 While it works, ``partial/`` (:mod:`fastgpt.data.partial`) keeps the built tokenizer and each
-tokenized part, so a preparation killed halfway resumes where it stopped when run again.
+tokenized part, so a preparation killed halfway resumes where it stopped when run again. A write
+that fails (a full disk) is one ``ValueError`` naming the folder; the finished parts stay, nothing
+half-written does.
 
 The hash covers the sources (file sizes and mtimes, package versions), the tokenizer settings,
 ``text_column``, ``weights``, ``val_fraction``, ``sample_ratio``, ``seed`` and ``FORMAT_VERSION``;
@@ -313,7 +315,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     except OSError as exc:
         raise folder_error("data.cache_dir", cfg.cache_dir, exc) from None
     if cfg.mode == "sft":  # JSONL examples: tokens, an example per document, and a loss mask
-        tokenizer, dtype, counts = write_sft(cfg, directory)
+        with partial.writing(disk_only=True):  # it reads the examples too: only a disk's failure is a write's
+            tokenizer, dtype, counts = write_sft(cfg, directory)
         return _commit(directory, tokenizer, {"hash": digest, "version": FORMAT_VERSION, "mode": "sft",
                                               "dtype": dtype.name, **counts,
                                               "documents": counts["train_rows"] + counts["val_rows"],
@@ -337,10 +340,11 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     if cfg.weights is not None and len(streams) > 1:
         streams = _mix(streams, cfg.weights, cfg.seed, tokenizer.eot_id)
     splits = [_split(tokens, lengths, cfg.val_fraction) for tokens, lengths in streams]
-    counts = {
-        f"{split}_tokens": _write(directory, split, [s[i] for s in splits], [s[i + 1] for s in splits])
-        for split, i in (("train", 0), ("val", 2))
-    }
+    with partial.writing():
+        counts = {
+            f"{split}_tokens": _write(directory, split, [s[i] for s in splits], [s[i + 1] for s in splits])
+            for split, i in (("train", 0), ("val", 2))
+        }
     manifest = {
         "hash": digest, "version": FORMAT_VERSION,
         "dtype": dtype.name, **counts, "documents": sum(len(lengths) for _, lengths in streams), "settings": key,
@@ -351,13 +355,14 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
 def _commit(directory: Path, tokenizer: Tokenizer, manifest: dict, partial: Partial) -> PreparedData:
     """Save the tokenizer and, last, the manifest (with the tokenizer's fields), which marks the folder
     done; then drop what ``partial`` kept."""
-    tokenizer.save(directory)
     manifest = {**manifest, "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
                 "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id}
-    tmp = directory / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
-    os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
-    fsync_folder(directory)  # and the rename itself
+    with partial.writing():
+        tokenizer.save(directory)
+        tmp = directory / f"{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        fsync_folder(directory)  # token files, tokenizer and manifest on disk before the rename commits them
+        os.replace(tmp, directory / MANIFEST)  # the manifest appears last and whole: it marks the folder done
+        fsync_folder(directory)  # and the rename itself
     partial.finish()
     return PreparedData(directory, tokenizer, manifest)
