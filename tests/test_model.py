@@ -192,8 +192,19 @@ def test_bf16_autocast_matches_fp32(norm: str) -> None:
     model = GPT(GPTConfig(**TINY, norm=norm))
     idx = torch.randint(0, 61, (2, 12))
     _, ref = model(idx, idx)
+    seen: dict[str, list[torch.dtype]] = {"block h": [], "attn": [], "mlp": []}
+    hooks = [block.register_forward_hook(lambda mod, args, out: seen["block h"].append(out[0].dtype))
+             for block in model.blocks]
+    hooks += [block.attn.register_forward_hook(lambda mod, args, out: seen["attn"].append(out.dtype))
+              for block in model.blocks]
+    hooks += [block.mlp.register_forward_hook(lambda mod, args, out: seen["mlp"].append(out.dtype))
+              for block in model.blocks]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, loss = model(idx, idx)
+    for hook in hooks:
+        hook.remove()
+    n = len(model.blocks)
+    assert seen == {"block h": [torch.float32] * n, "attn": [torch.bfloat16] * n, "mlp": [torch.bfloat16] * n}
     loss.backward()
     assert abs(loss.item() - ref.item()) < 0.05
 

@@ -43,15 +43,17 @@ def test_info_names_every_backend() -> None:
 
 _CPU_FALLBACKS = """
 import pytest, torch
-from fastgpt.ops import BackendUnavailable, available_backends, flash_attention
+from fastgpt.ops import BackendUnavailable, available_backends, flash_attention, reference, resolve_backend
 reasons = available_backends("cpu")
 assert reasons["torch"] is None and "CUDA device" in reasons["cuda"], reasons
-q = torch.randn(1, 2, 5, 8)
-torch.testing.assert_close(flash_attention(q, q, q, backend="auto"), flash_attention(q, q, q, backend="torch"))
+q, k, v = torch.randn(3, 1, 2, 5, 8).unbind(0)
+assert resolve_backend("auto", "flash_attention", q.device, q, k, v, True, None) == "torch"
+want = reference.flash_attention(q.double(), k.double(), v.double(), True).float()
+torch.testing.assert_close(flash_attention(q, k, v, backend="auto"), want)
 with pytest.raises(BackendUnavailable, match="backend 'cuda' is unavailable"):
-    flash_attention(q, q, q, backend="cuda")
+    flash_attention(q, k, v, backend="cuda")
 with pytest.raises(ValueError, match="unknown backend 'tpu'"):
-    flash_attention(q, q, q, backend="tpu")
+    flash_attention(q, k, v, backend="tpu")
 print("ok")
 """
 
