@@ -25,10 +25,9 @@ and this tiny batch-1 run amplifies differences fast: even FusedAdamW(backend="t
 torch.optim.AdamW, both in bf16, drift apart by 2.3% at step 18 (measured). So the bf16 row is
 held to |loss - baseline| <= 2e-2 * loss for the first 10 steps, and to the mean of the last 5
 losses at most 5% above the baseline's (it learned as much). Under the CUDA emulator on CPU (where
-the baseline's attention computes in fp32: ``torch_path``), over 5
-initial seeds, that mean was 5.5% below to 0.3% above the baseline's, and the trained models' top-5
-log-probabilities differed by 0.1 to 1.5: in bf16 neither the logprobs nor the weights of this run
-can be compared.
+the baseline's attention computes in fp32: ``torch_path``), over 5 initial seeds, that mean was 5.5%
+below to 0.3% above the baseline's, and the trained models' top-5 log-probabilities differed by 0.1
+to 1.5: in bf16 neither the logprobs nor the weights of this run can be compared.
 """
 
 from __future__ import annotations
