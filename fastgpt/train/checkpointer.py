@@ -8,6 +8,7 @@ all-reduce after each phase tells every rank whether some rank's write failed.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,14 @@ class Checkpointer:
         return state
 
     def save(self, counters: dict[str, Any], best: bool) -> None:
-        """Checkpoint ``counters["iter"]`` (once); raise TrainingError on every rank if any rank failed."""
+        """Checkpoint ``counters["iter"]`` (once); raise TrainingError on every rank if any rank failed, or
+        if the weights blew up (``weights_blown_up``): such a step is never saved, and so never ``latest``."""
         step = counters["iter"]
         if self.saved_iter == step:
             return
+        if self.weights_blown_up():
+            raise TrainingError(f"the weights after iteration {step} are not finite (or past ~1e19, where "
+                                f"their norm overflows), so it is not saved; the run diverged: {self.recovery()}")
         state, error = self.state(counters), None
         staged = ckpt.staging_dir(self.out_dir, step) if self.sharded else None
         if self.env.is_main:
@@ -92,6 +97,26 @@ class Checkpointer:
             raise TrainingError(f"could not save a checkpoint in {self.out_dir!r} ({reason}); "
                                 "the previous checkpoint is kept")
         self.saved_iter = step
+
+    def weights_blown_up(self) -> bool:
+        """True on every rank when some rank's parameters hold a NaN, an inf, or values so large (past ~1e19)
+        that a tensor's norm overflows: what one update of a diverging run leaves, while its loss was still
+        finite. One fused norm over the parameters (this rank's shards under FSDP), one all-reduce."""
+        params = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+        norms = torch._foreach_norm([p.detach() for p in params if p.numel()])
+        bad = (~torch.isfinite(torch.stack([n.float() for n in norms]))).any() if norms else 0.0
+        return sum_across_ranks([bad], self.env)[0] > 0
+
+    def recovery(self) -> str:
+        """What to do after a divergence: resume the last checkpoint this run saved or resumed from (whose
+        weights were finite) with a lower learning rate; with none, start again with one."""
+        lr = self.cfg.optim.lr
+        if self.saved_iter is None:
+            return f"nothing was saved; try a lower optim.lr (now {lr:g}) or more warmup"
+        name = f"ckpt-{self.saved_iter:06d}"
+        return (f"continue from {name}, its last checkpoint with finite weights, with a lower optim.lr (now "
+                f"{lr:g}) or more optim.warmup_iters: python -m fastgpt.train --resume={name} "
+                f"train.out_dir={shlex.quote(str(self.out_dir))} optim.lr={lr / 10:g}")
 
     def resume(self, which: str = "latest", allow_pickle: bool = False) -> tuple[str, dict[str, Any], str | None]:
         """Load the ``which`` checkpoint (latest, best, or ckpt-NNNNNN) into the model, optimizer,

@@ -296,7 +296,7 @@ class Trainer:
         if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
             raise TrainingError(
                 f"the loss was NaN or inf {self.nonfinite_in_a_row} steps in a row (up to iteration {self.iter}); "
-                f"the run diverged: try a lower optim.lr (now {self.cfg.optim.lr:g}) or more warmup"
+                f"the run diverged: {self.checkpointer.recovery()}"
             )
 
     def sample(self) -> None:

@@ -243,7 +243,36 @@ def test_diverged_run_stops_with_a_message(corpus: Path, tmp_path: Path, monkeyp
     _nan_on_training_calls(monkeypatch, bad=None)
     line = cli_error(train_mod.main, _args(corpus, tmp_path / "out", "train.max_iters=50"))
     assert line == ("error: the loss was NaN or inf 5 steps in a row (up to iteration 5); the run diverged: "
-                    "try a lower optim.lr (now 0.01) or more warmup")  # fmt: skip
+                    "nothing was saved; try a lower optim.lr (now 0.01) or more warmup")  # fmt: skip
+
+
+@pytest.mark.parametrize("stop", ["the save refuses", "the NaN streak"])
+def test_a_blown_up_step_is_never_latest_and_the_error_names_the_resume_that_recovers(
+        corpus: Path, tmp_path: Path, stop: str) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    args = _args(corpus, out, "train.max_iters=4", "train.ckpt_interval=2", "train.eval_interval=100")
+    train_mod.main(args)  # a good run: ckpt-000004
+    # optim.lr=1e30: step 5's loss is finite, its update leaves weights around 1e30, step 6's loss is inf
+    interval = "train.ckpt_interval=1" if stop == "the save refuses" else "train.ckpt_interval=1000"
+    diverged = subprocess.run([sys.executable, "-m", "fastgpt.train", "--resume", *args, "train.max_iters=40",
+                               "optim.lr=1e30", interval], capture_output=True, text=True, timeout=300)  # fmt: skip
+    err = diverged.stderr
+    assert diverged.returncode == 2 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: the weights after iteration 5 are not finite" if stop == "the save refuses" else
+                           "error: the loss was NaN or inf 5 steps in a row (up to iteration 10)"), line  # fmt: skip
+    command = f"python -m fastgpt.train --resume=ckpt-000004 train.out_dir={out} optim.lr=1e+29"
+    assert line.endswith(f"continue from ckpt-000004, its last checkpoint with finite weights, with a lower optim.lr "
+                         f"(now 1e+30) or more optim.warmup_iters: {command}"), line  # fmt: skip
+    assert resolve_checkpoint(out).name == "ckpt-000004" and _ckpts(out) == {"ckpt-000004"}  # step 5 not saved
+    model, _ = load(out, which="latest")
+    assert all(torch.isfinite(p).all() and p.abs().max() < 100 for p in model.parameters())
+
+    recovered = [*command.split()[3:-1], "optim.lr=0.001", "train.max_iters=8"]  # the command, with a sane lr
+    train_mod.main(recovered)
+    assert load_state(resolve_checkpoint(out))["iter"] == 8
+    model, _ = load(out, which="latest")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_out_of_memory_suggests_a_smaller_batch(corpus: Path, tmp_path: Path, monkeypatch, cli_error) -> None:
