@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,20 @@ def tiktoken_cache(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pytest.skip(f"tiktoken cache {cache} is absent")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest):
+    """A real tmpfs of 2 MiB, or of the size the test parametrizes it with indirectly (root only;
+    skipped elsewhere): a disk that really fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size = getattr(request, "param", "2m")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()[:100]}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.fixture

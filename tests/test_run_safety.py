@@ -174,19 +174,6 @@ def test_killed_before_the_first_pointer_falls_back_to_the_checkpoint(corpus: Pa
     assert load_state(resolve_checkpoint(out))["iter"] == 4
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path, request: pytest.FixtureRequest):
-    """A tmpfs of 2 MiB, or of the size the test parametrizes it with indirectly (root only; skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    size = getattr(request, "param", "2m")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()[:100]}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(corpus: Path, small_disk: Path) -> None:
     out = small_disk / "out"
     # ~1.2 MB per checkpoint (weights + AdamW moments): the first fits, the second (beside it) cannot

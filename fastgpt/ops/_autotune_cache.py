@@ -15,14 +15,12 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from fastgpt.cache_dir import cache_dir
+from fastgpt.cache_dir import cache_dir, write_cache_file
 from fastgpt.ops._backend import BACKENDS, cuda_emulated, unavailable_reason
 
 MAX_BYTES = 1 << 20
@@ -133,16 +131,13 @@ def remember(device: torch.device, key: str, record: dict) -> None:
 
 
 def store(device: torch.device, key: str, record: dict) -> None:
-    """Remember ``record`` and merge it into the file, written atomically."""
+    """Remember ``record`` and merge it into the file, written atomically; a file that cannot be
+    written (a full disk, a read-only cache folder) leaves the record in memory only."""
     table = _table(device)
     table[key] = record
     file, expected = path(device), stamp(device)
     merged = _read(file, expected) | table
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"stamp": expected, "choices": merged}, f, indent=1, sort_keys=True)
-    os.replace(tmp, file)
+    write_cache_file(file, json.dumps({"stamp": expected, "choices": merged}, indent=1, sort_keys=True))
 
 
 def records() -> dict[str, dict]:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from fastgpt.cache_dir import cache_dir
+from fastgpt.cache_dir import cache_dir, write_cache_file
 from fastgpt.config import Config
 from fastgpt.device import device_name, synchronize
 from fastgpt.train.distributed import DistEnv, gather_objects
@@ -177,15 +175,8 @@ def _cached(file: Path, names: list[str]) -> tuple[str, dict[str, float]] | None
 
 
 def _store(file: Path, choice: str, rates: dict[str, float]) -> None:
-    """Keep the choice in ``file``, atomically; a cache that cannot be written is only a lost shortcut."""
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"choice": choice, "tokens_per_s": rates}, f)
-        os.replace(tmp, file)
-    except OSError:
-        pass
+    """Keep the choice in ``file`` (a cache that cannot be written is only a lost shortcut)."""
+    write_cache_file(file, json.dumps({"choice": choice, "tokens_per_s": rates}))
 
 
 def pick_dtype(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: bool = False,
