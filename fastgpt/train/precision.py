@@ -206,7 +206,10 @@ def pick_dtype(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: 
 def resolve_auto_dtype(cfg: Config, model: torch.nn.Module, env: DistEnv, fsdp: bool = False,
                        timer: StepTimer | None = None) -> str:
     """Replace ``cfg.train.dtype="auto"`` with the dtype measured fastest (rank 0's choice on every
-    rank, so that all ranks agree); return the line saying what was chosen and why."""
+    rank, so that all ranks agree); return the line saying what was chosen and why.
+
+    Every rank times its steps, side by side as they will train: ranks sharing a CPU's cores (or a
+    node's memory bandwidth) then contend as in training, which rank 0 timing alone would not show."""
     choice, line = pick_dtype(cfg, model, env.device, fsdp, timer)
     first, first_line = gather_objects((choice, line), env)[0]
     if first != choice:
