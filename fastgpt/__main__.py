@@ -1,16 +1,21 @@
 """``python -m fastgpt <command> [args]``: every command-line tool of fastgpt, from one table.
 
 Each command is also its own module (``python -m fastgpt.train ...``); both run the same ``main``.
-A user error (a ValueError, a missing file, ...) prints one ``error: ...`` line and exits with 2.
+A user error (a ValueError, a missing file, a path too long for a file name, ...) prints one ``error: ...``
+line, at most ``LONGEST_ERROR`` characters, and exits with 2.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Callable
 
+from fastgpt.messages import cut, cut_path
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+LONGEST_ERROR = 1000  # characters of an error line; a longer one keeps its start and end (fastgpt.messages.cut)
 
 # command -> (module holding its main(argv), what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,7 +35,12 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         code = main(argv)
     except USER_ERRORS as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {cut(message, LONGEST_ERROR, quote=False)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:  # a path typed too long for a file name, wherever it was looked up
+            raise
+        print(f"error: {cut_path(exc.filename)} is too long for a file name ({exc.strerror})", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+        raise ValueError(f"unknown command {cut(command)}; commands: {', '.join(COMMANDS)}")
     try:
         module = importlib.import_module(COMMANDS[command][0])
     except ModuleNotFoundError as exc:  # an optional extra (lm-eval for lm_eval) is not installed

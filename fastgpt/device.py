@@ -12,6 +12,8 @@ import platform
 
 import torch
 
+from fastgpt.messages import cut
+
 DEVICES = "auto, cpu, cuda, cuda:N, mps, xpu, xpu:N"
 ACCELERATORS = ("cuda", "mps", "xpu")  # ``auto`` takes the first one available
 
@@ -47,19 +49,19 @@ def resolve_device(name: object, option: str) -> torch.device:
     """The device ``name`` means (``option`` names the setting in messages); a device type this machine
     or torch build lacks, an absent index and unknown names are refused, saying why."""
     if not isinstance(name, str):
-        raise ValueError(f"{option}={name!r} is not a device ({DEVICES})")
+        raise ValueError(f"{option}={cut(name)} is not a device ({DEVICES})")
     if name == "auto":
         name = next((kind for kind in ACCELERATORS if unavailable_reason(kind) is None), "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{option}={name!r} is not a device ({DEVICES})") from None
+        raise ValueError(f"{option}={cut(name)} is not a device ({DEVICES})") from None
     reason = unavailable_reason(device.type)
     if reason is not None:
-        raise ValueError(f"{option}={name!r}: {device.type} is not available on this machine ({reason}); "
+        raise ValueError(f"{option}={cut(name)}: {device.type} is not available on this machine ({reason}); "
                          "use cpu or auto")
     if device.index is not None and device.index >= device_count(device.type):
-        raise ValueError(f"{option}={name!r} names {device.type} device {device.index} but "
+        raise ValueError(f"{option}={cut(name)} names {device.type} device {device.index} but "
                          f"{device_count(device.type)} are visible")
     return device
 

@@ -17,3 +17,9 @@ def cut(value: Any, keep: int = 80, quote: bool = True) -> str:
     if len(text) <= keep:
         return text
     return f"{text[:keep // 2]}...{text[-keep // 4:]} ({len(text):,} chars)"
+
+
+def cut_path(path: Any) -> str:
+    """``repr(str(path))``, cut as ``cut`` does but only past 300 characters: a path a user typed is shown
+    whole, and a megabyte one (never a real file) is not."""
+    return cut(str(path), 300)

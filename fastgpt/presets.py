@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 
+from fastgpt.messages import cut
+
 _GPT2 = dict(vocab_size=50257, block_size=1024, activation="gelu_tanh", bias=True, tie_embeddings=True)
 
 PRESETS: dict[str, dict] = {
@@ -37,5 +39,5 @@ def preset_fields(name: str) -> dict:
     if name not in PRESETS:
         near = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise ValueError(f"unknown preset {name!r}{hint}; available: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {cut(name)}{hint}; available: {', '.join(PRESETS)}")
     return dict(PRESETS[name])

@@ -33,6 +33,8 @@ import tiktoken
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTok
 
+from fastgpt.messages import cut
+
 EOT_TEXT = "<|endoftext|>"
 PAD_TEXT = "<|pad|>"
 META_FILE = "tokenizer_meta.json"
@@ -386,7 +388,7 @@ def build_tokenizer(
         return _load_hf_file(Path(name).expanduser(), name)
     if name in HUB_ALIASES or name.count("/") == 1:
         return _load_hub(name)
-    raise ValueError(f"unknown tokenizer {name!r}; valid: {_valid_names()}")
+    raise ValueError(f"unknown tokenizer {cut(name)}; valid: {_valid_names()}")
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:

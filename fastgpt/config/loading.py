@@ -23,6 +23,7 @@ import yaml
 from fastgpt.config.schema import SECTIONS, Config
 from fastgpt.config.yaml_text import parse as parse_yaml
 from fastgpt.config.yaml_text import read_text as read_yaml_text
+from fastgpt.messages import cut, cut_path
 from fastgpt.presets import preset_fields
 
 # what ``--resume`` may change: settings that leave the saved state meaning what it meant (how long
@@ -66,7 +67,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if raw.get(section) is None:
             raw[section] = {}
         if not isinstance(raw[section], dict):
-            raise ValueError(f"config section {section!r} must be a mapping of keys to values, "
+            raise ValueError(f"config section {cut(section)} must be a mapping of keys to values, "
                              f"got {type(raw[section]).__name__}")
         raw[section][key] = value
     return raw
@@ -90,7 +91,7 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
     merged["train"]["overwrite"] = before.train.overwrite = False  # a permission of one command, not kept
     for section, values in given.items():
         if section not in SECTIONS:
-            raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")
+            raise ValueError(f"unknown config section {cut(section)}{_near(section, SECTIONS)}")
         values = _section_values(section, values)
         if section == "model":
             values.pop("vocab_size", None)
@@ -106,9 +107,9 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
                 continue
             allowed = RESUME_CHANGEABLE[section]
             if allowed != "*" and key not in allowed:
-                raise ValueError(f"{section}.{key} cannot change when resuming (the run has {old[key]!r}, "
-                                 f"given {value!r}); --resume may change only {changeable_on_resume()}")
-            changes.append(f"{section}.{key} {old[key]!r} -> {value!r}")
+                raise ValueError(f"{section}.{key} cannot change when resuming (the run has {cut(old[key])}, "
+                                 f"given {cut(value)}); --resume may change only {changeable_on_resume()}")
+            changes.append(f"{section}.{key} {cut(old[key])} -> {cut(value)}")
     return after, changes
 
 
@@ -155,7 +156,7 @@ def build_config(raw: dict[str, Any]) -> Config:
     """A Config from nested dicts; unknown sections or keys and wrong types raise ValueError."""
     for section in raw:
         if section not in SECTIONS:
-            raise ValueError(f"unknown config section {section!r}{_near(section, SECTIONS)}")
+            raise ValueError(f"unknown config section {cut(section)}{_near(section, SECTIONS)}")
     sections = {}
     for name, cls in SECTIONS.items():
         sections[name] = _make(cls, name, _section_values(name, raw.get(name) or {}))
@@ -165,7 +166,7 @@ def build_config(raw: dict[str, Any]) -> Config:
 def _section_values(section: str, values: Any) -> dict[str, Any]:
     """A copy of one section's ``key: value`` mapping, a model ``preset`` expanded into its fields."""
     if not isinstance(values, dict):
-        raise ValueError(f"config section {section!r} must be a mapping of keys to values, "
+        raise ValueError(f"config section {cut(section)} must be a mapping of keys to values, "
                          f"got {type(values).__name__}")
     values = dict(values)
     if section == "model" and "preset" in values:
@@ -178,38 +179,33 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     key, sep, value = item.partition("=")
     section, dot, name = key.partition(".")
     if not sep or not dot or not section or not name:
-        raise ValueError(f"override {_cut(item)} must look like section.key=value (e.g. train.max_iters=100)")
+        raise ValueError(f"override {cut(item)} must look like section.key=value (e.g. train.max_iters=100)")
     if value == "":
         return section, name, ""
     try:
         return section, name, parse_yaml(value)
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())[:120]
-        raise ValueError(f"override {_cut(item)}: the value is not valid YAML ({reason})") from None
-
-
-def _cut(text: str, keep: int = 80) -> str:
-    """``repr(text)``, its middle elided when long: an error line stays one readable line."""
-    return repr(text) if len(text) <= keep else f"{text[:keep // 2]!r}...{text[-keep // 4:]!r} ({len(text):,} chars)"
+        raise ValueError(f"override {cut(item)}: the value is not valid YAML ({reason})") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML config file as nested dicts (not yet checked); errors name the file (and the line)."""
     if not path.exists():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"config file {cut_path(path)} does not exist")
     text = read_yaml_text(path, "config file")
     try:
         data = parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark, context = exc.problem_mark, f" ({exc.context})" if exc.context else ""
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"config file {str(path)!r} is not valid YAML{where}: {exc.problem}{context}") from None
+        raise ValueError(f"config file {cut_path(path)} is not valid YAML{where}: {exc.problem}{context}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"config file {cut_path(path)} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must map section names to mappings, got {type(data).__name__}")
+        raise ValueError(f"config file {cut_path(path)} must map section names to mappings, got {type(data).__name__}")
     return data
 
 
@@ -218,7 +214,7 @@ def _make(cls: type, section: str, values: dict[str, Any]) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in values.items():
         if key not in names:
-            raise ValueError(f"unknown config key {section}.{key}{_near_key(section, key)}")
+            raise ValueError(f"unknown config key {section}.{cut(key, quote=False)}{_near_key(section, key)}")
         values[key] = _coerce(f"{section}.{key}", value, hints[key])
     return cls(**values)
 
@@ -243,11 +239,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list):
-            raise ValueError(f"{name} must be a list, got {value!r}")
+            raise ValueError(f"{name} must be a list, got {cut(value)}")
         return [_coerce(name, v, item) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{name} must be a mapping, got {value!r}")
+            raise ValueError(f"{name} must be a mapping, got {cut(value)}")
         return {str(k): str(v) for k, v in value.items()}
     if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string
@@ -258,13 +254,13 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             number = None  # not a number: the type error below
         if number is not None:
             if not math.isfinite(number):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise ValueError(f"{name} must be a finite number, got {cut(value)}")
             return number
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
-    raise ValueError(f"{name} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    raise ValueError(f"{name} must be {tp.__name__}, got {cut(value)} ({type(value).__name__})")
 
 
 def _near(name: str, valid: typing.Iterable[str]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from fastgpt.messages import cut, cut_path
 from fastgpt.nn.lora import TARGETS as LORA_TARGETS
 from fastgpt.nn.mlp import ACTIVATIONS, FFN_TYPES
 from fastgpt.nn.norm import NORMS
@@ -77,7 +78,7 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "ffn_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"model.{name} must be a positive integer, got {cut(value)}")
             _at_most(f"model.{name}", value, MODEL_LIMITS[name])
         if not isinstance(self.init_gain, int | float) or not 0 < self.init_gain < math.inf:
             raise ValueError(f"model.init_gain must be a positive finite number, got {self.init_gain!r}")
@@ -88,7 +89,7 @@ class GPTConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise ValueError(f"model.{name}={cut(getattr(self, name))} is not one of {', '.join(allowed)}")
         for name in ("dropout", "attn_dropout", "embedding_dropout", "lm_head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -132,7 +133,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         sources = self.sources
         if not sources or not all(isinstance(s, str) and s for s in sources):
-            raise ValueError(f"data.dataset must be a non-empty name or list of names, got {self.dataset!r}")
+            raise ValueError(f"data.dataset must be a non-empty name or list of names, got {cut(self.dataset)}")
         if self.weights is not None and (len(self.weights) != len(sources) or not all(w > 0 for w in self.weights)):
             raise ValueError(
                 f"data.weights must be {len(sources)} positive numbers (one per dataset), got {self.weights}"
@@ -142,9 +143,9 @@ class DataConfig:
         if not 0 < self.sample_ratio <= 1:
             raise ValueError(f"data.sample_ratio must be in (0, 1], got {self.sample_ratio}")
         if self.mode not in DATA_MODES:
-            raise ValueError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {self.mode!r}")
+            raise ValueError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {cut(self.mode)}")
         if not isinstance(self.chat_template, str) or not self.chat_template:
-            raise ValueError(f"data.chat_template must be auto, default or a path, got {self.chat_template!r}")
+            raise ValueError(f"data.chat_template must be auto, default or a path, got {cut(self.chat_template)}")
         if self.special_token_weight < 0:
             raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
         _at_most("data.special_token_weight", self.special_token_weight, MAX_SPECIAL_TOKEN_WEIGHT)
@@ -204,10 +205,10 @@ class TrainConfig:
         if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
             raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
         if not self.init_from or self.init_from == "hf:":
-            raise ValueError(f"train.init_from={self.init_from!r} is not 'scratch', 'hf:PATH_OR_HUB_ID' or a fastgpt "
-                             "run or checkpoint folder")
+            raise ValueError(f"train.init_from={cut(self.init_from)} is not 'scratch', 'hf:PATH_OR_HUB_ID' or a "
+                             "fastgpt run or checkpoint folder")
         if self.epochs is not None and not 0 < self.epochs <= MAX_EPOCHS:  # nan too
-            raise ValueError(f"train.epochs must be positive and at most {MAX_EPOCHS:,}, got {self.epochs!r}")
+            raise ValueError(f"train.epochs must be positive and at most {MAX_EPOCHS:,}, got {cut(self.epochs)}")
         self._check_finetuning()
 
     def _check_finetuning(self) -> None:
@@ -216,10 +217,10 @@ class TrainConfig:
             raise ValueError(f"train.mlm_fraction must be in (0, 1), got {self.mlm_fraction!r}")
         if self.objective == "next_token_mlm" and self.init_from != "scratch":
             raise ValueError(f"train.objective=next_token_mlm trains from scratch, not train.init_from="
-                             f"{self.init_from!r}: its mask token is an id past the tokenizer's vocabulary, which "
+                             f"{cut(self.init_from)}: its mask token is an id past the tokenizer's vocabulary, which "
                              "an imported model has no embedding for")
         if self.lora_rank < 0:
-            raise ValueError(f"train.lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank!r}")
+            raise ValueError(f"train.lora_rank must be >= 0 (0 = no LoRA), got {cut(self.lora_rank)}")
         _at_most("train.lora_rank", self.lora_rank, MODEL_LIMITS["n_embd"])
         if not self.lora_alpha > 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"train.lora_alpha must be positive and train.lora_dropout in [0, 1), got "
@@ -228,18 +229,18 @@ class TrainConfig:
             _choice("train.lora_targets item", target, LORA_TARGETS)
         if not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
             raise ValueError(f"train.lora_targets must name distinct projections of {', '.join(LORA_TARGETS)}, "
-                             f"got {self.lora_targets!r}")
+                             f"got {cut(self.lora_targets)}")
         if self.lora_rank and not self.init_from.startswith("hf:"):
             raise ValueError(f"train.lora_rank={self.lora_rank} adapts a Hugging Face base model: set train.init_from="
                              "hf:PATH_OR_HUB_ID (a fastgpt run as the base: python -m fastgpt export it first, "
-                             f"then hf:THAT_FOLDER), not {self.init_from!r}")
+                             f"then hf:THAT_FOLDER), not {cut(self.init_from)}")
         if self.lora_rank and self.parallel == "fsdp":
             raise ValueError("train.lora_rank > 0 saves its adapters in one file; use train.parallel=ddp")
         if self.lora_rank and self.freeze:
-            raise ValueError(f"train.freeze={self.freeze!r} with train.lora_rank={self.lora_rank}: LoRA already "
+            raise ValueError(f"train.freeze={cut(self.freeze)} with train.lora_rank={self.lora_rank}: LoRA already "
                              "freezes every base weight; drop one of them")
         if not all(isinstance(p, str) and p for p in self.freeze):
-            raise ValueError(f"train.freeze must be a list of non-empty glob patterns, got {self.freeze!r}")
+            raise ValueError(f"train.freeze must be a list of non-empty glob patterns, got {cut(self.freeze)}")
 
 
 @dataclass
@@ -263,7 +264,7 @@ class OptimConfig:
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"optim.lr must be positive and optim.min_lr >= 0 (got {self.lr!r}, {self.min_lr!r})")
         if self.warmup_iters < 0:
-            raise ValueError(f"optim.warmup_iters must be >= 0, got {self.warmup_iters!r}")
+            raise ValueError(f"optim.warmup_iters must be >= 0, got {cut(self.warmup_iters)}")
         _positive("optim.step_size", self.step_size)
         if not 0 < self.gamma <= 1:  # a decay: beyond 1, gamma ** steps overflows
             raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma!r}")
@@ -312,21 +313,21 @@ class Config:
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        raise ValueError(f"{name}={cut(value)} is not one of {', '.join(allowed)}")
 
 
 def folder_error(setting: str, value: str, exc: OSError) -> ValueError:
     """The one-line error for the folder ``setting=value`` that could not be made or written (``exc``)."""
     reason = (exc.strerror or type(exc).__name__).lower()
     where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(value) else ""
-    return ValueError(f"{setting}={str(value)!r}: {reason}{where}")
+    return ValueError(f"{setting}={cut_path(value)}: {reason}{where}")
 
 
 def _at_most(name: str, value: float, limit: float) -> None:
     if value > limit:
-        raise ValueError(f"{name}={value!r} is beyond the limit of {limit:,}")
+        raise ValueError(f"{name}={cut(value)} is beyond the limit of {limit:,}")
 
 
 def _positive(name: str, value: int) -> None:
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
+        raise ValueError(f"{name} must be >= 1, got {cut(value)}")

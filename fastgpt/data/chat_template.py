@@ -41,6 +41,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from fastgpt.messages import cut
 from fastgpt.tokenizers import META_FILE, Tokenizer, is_tokenizer_path, load_tokenizer, path_exists
 
 ROLES = ("system", "user", "assistant")
@@ -77,14 +78,14 @@ def resolve_template(setting: str, tokenizer_name: str) -> dict[str, str | None]
         return _read_template(path if path.is_dir() else path.parent, "data.tokenizer")
     path = Path(setting).expanduser()
     if not path_exists(setting):
-        raise FileNotFoundError(f"data.chat_template={setting!r} does not exist; use one of "
+        raise FileNotFoundError(f"data.chat_template={cut(setting)} does not exist; use one of "
                                 f"{', '.join(CHAT_TEMPLATE_SETTINGS)} or a path to a .jinja file, a "
                                 f"{CONFIG_FILE} or a folder holding one")
     if path.is_file() and path.name != CONFIG_FILE:
         return {"template": _read_text(path), "bos_token": None, "eos_token": None}
     found = _read_template(path if path.is_dir() else path.parent, "data.chat_template")
     if found is None:
-        raise ValueError(f"data.chat_template={setting!r} holds no chat template (no {JINJA_FILE}, and no "
+        raise ValueError(f"data.chat_template={cut(setting)} holds no chat template (no {JINJA_FILE}, and no "
                          f"chat_template in {CONFIG_FILE})")
     return found
 

@@ -32,6 +32,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from fastgpt.messages import cut
+
 SHAKESPEARE = "shakespeare"
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DOC_SEPARATOR = "<|endoftext|>"
@@ -232,7 +234,7 @@ def hub_documents(name: str, text_column: str) -> list[str]:
     path, _, config = name.partition(":")
     offline = any(os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE") for var in _OFFLINE_VARS)
     if not offline and (why := hub_unreachable()):  # offline: the hub client reads only its cache, at once
-        raise ValueError(f"dataset {name!r} is not a local path, and the Hugging Face hub cannot be reached "
+        raise ValueError(f"dataset {cut(name)} is not a local path, and the Hugging Face hub cannot be reached "
                          f"({why}){_local_hint(path)}; with a cached copy, set HF_HUB_OFFLINE=1 to use it")
     import datasets
 
@@ -241,12 +243,12 @@ def hub_documents(name: str, text_column: str) -> list[str]:
     except Exception as e:  # offline, unknown or gated: the hub clients raise many unrelated types
         reason = " ".join(str(e).split())[:200]
         raise ValueError(
-            f"dataset {name!r} is not a local path, and loading it from the Hugging Face hub failed "
+            f"dataset {cut(name)} is not a local path, and loading it from the Hugging Face hub failed "
             f"({type(e).__name__}: {reason}){_local_hint(path)}"
         ) from e
     if text_column not in dataset.column_names:
         raise ValueError(
-            f"dataset {name!r} has no column {text_column!r}; its columns are {dataset.column_names} "
+            f"dataset {cut(name)} has no column {text_column!r}; its columns are {dataset.column_names} "
             "(set data.text_column)"
         )
     return [text for text in dataset[text_column] if text]
@@ -267,7 +269,7 @@ def load_documents(source: str, text_column: str = "text") -> list[str]:
     if _exists(path):
         return [doc for file in local_files(path) for doc in file_documents(file, text_column)]
     if looks_like_path(source):
-        raise FileNotFoundError(f"dataset {source!r}: no such file or folder")
+        raise FileNotFoundError(f"dataset {cut(source)}: no such file or folder")
     return hub_documents(source, text_column)
 
 

@@ -38,6 +38,7 @@ from fastgpt.data import DataConfig
 from fastgpt.data.progress import progress_bar
 from fastgpt.device import resolve_device
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
+from fastgpt.messages import cut
 from fastgpt.model import GPT
 from fastgpt.output import check_output, write_output
 from fastgpt.tokenizers import Tokenizer
@@ -159,9 +160,9 @@ def parse_data(entries: list[str]) -> dict[str, str]:
     for entry in entries:
         task, sep, path = entry.partition("=")
         if not sep or not task or not path:
-            raise ValueError(f"--data {entry!r} must look like task=path (e.g. hellaswag=hellaswag_val.jsonl)")
+            raise ValueError(f"--data {cut(entry)} must look like task=path (e.g. hellaswag=hellaswag_val.jsonl)")
         if task != VAL_LOSS and task not in TASKS:
-            raise ValueError(f"unknown task {task!r} in --data; tasks: {', '.join([VAL_LOSS, *TASKS])}")
+            raise ValueError(f"unknown task {cut(task)} in --data; tasks: {', '.join([VAL_LOSS, *TASKS])}")
         data[task] = path
     return data
 

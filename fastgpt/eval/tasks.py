@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt.eval.mcq import MCQItem
+from fastgpt.messages import cut
 
 LETTERS = "ABCDEFGHIJ"
 TRUTHFULQA_PROMPT = (
@@ -217,7 +218,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 def get_task(name: str) -> Task:
     """The task called ``name``; unknown names raise ValueError listing the tasks."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {cut(name)}; tasks: {', '.join(TASKS)}")
     return TASKS[name]
 
 

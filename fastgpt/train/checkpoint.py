@@ -42,6 +42,7 @@ import yaml
 from safetensors.torch import load_file, save_model
 
 from fastgpt.config import GPTConfig, yaml_text
+from fastgpt.messages import cut
 from fastgpt.model import GPT
 from fastgpt.tokenizers import Tokenizer, load_tokenizer
 from fastgpt.train import adapters, run_dir
@@ -207,7 +208,7 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
         named = run_dir.inside(path, which)
         if named is None or not _complete(named):
             have = ", ".join(c.name for c in run_dir.checkpoints(path) if _complete(c)) or "none"
-            raise CheckpointError(f"{str(path)!r} has no complete checkpoint {which!r} (it has: {have}); "
+            raise CheckpointError(f"{str(path)!r} has no complete checkpoint {cut(which)} (it has: {have}); "
                                   f"name one of them, or {' or '.join(POINTERS)}")
         return named
     for pointer in (which, "latest") if which == "best" else (which,):
@@ -221,7 +222,7 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     if complete:
         return complete[-1]
     raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors, and no complete "
-                          f"ckpt-NNNNNN folder for its {which!r} pointer or beside it)")
+                          f"ckpt-NNNNNN folder for its {cut(which)} pointer or beside it)")
 
 
 def read_config(ckpt: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from fastgpt.config import (
     read_yaml,
     resume_config,
 )
+from fastgpt.messages import cut_path
 from fastgpt.train.checkpoint import CheckpointError, read_config, resolve_checkpoint
 from fastgpt.train.checkpointer import TrainingError
 from fastgpt.train.distributed import collective_failure, setup, teardown
@@ -55,7 +56,7 @@ def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
     """A new run into a folder holding a run must say so (train.overwrite=true); nothing is deleted here."""
     out = pathlib.Path(cfg.train.out_dir)
     if resume is None and not cfg.train.overwrite and holds_run(out):
-        raise ValueError(f"train.out_dir={str(out)!r} holds a run (checkpoints, metrics or config); continue it "
+        raise ValueError(f"train.out_dir={cut_path(out)} holds a run (checkpoints, metrics or config); continue it "
                          "with --resume, use another train.out_dir, or replace it with train.overwrite=true")
 
 
@@ -96,13 +97,13 @@ def _resumed_config(args: argparse.Namespace) -> tuple[Config, str, list[str]]:
     fallback = TrainConfig.out_dir if args.config else default_recipe(args.recipe)["train"]["out_dir"]
     out = pathlib.Path(str(train.setdefault("out_dir", fallback)))
     if not out.is_dir():
-        raise ValueError(f"train.out_dir={str(out)!r} does not exist: there is no run to --resume")
+        raise ValueError(f"train.out_dir={cut_path(out)} does not exist: there is no run to --resume")
     try:
         ckpt = resolve_checkpoint(out, args.resume)
     except CheckpointError:
         if checkpoints(out):
             raise
-        raise ValueError(f"train.out_dir={str(out)!r} holds no checkpoint"
+        raise ValueError(f"train.out_dir={cut_path(out)} holds no checkpoint"
                          f"{'' if any(out.iterdir()) else ' (it is empty)'}: there is no run to --resume") from None
     cfg, changes = resume_config(read_config(ckpt), given, f"the config of {str(ckpt)!r}")
     return cfg, ckpt.name, changes

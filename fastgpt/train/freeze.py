@@ -13,6 +13,8 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from fastgpt.messages import cut
+
 
 def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     """Set ``requires_grad=False`` on every parameter whose name matches one of ``patterns``.
@@ -26,11 +28,11 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
         hits = [(name, p) for name, p in params if fnmatchcase(name, pattern)]
         if not hits:
             examples = ", ".join(name for name, _ in params[:4])
-            raise ValueError(f"train.freeze pattern {pattern!r} matches no parameter name (they look like "
+            raise ValueError(f"train.freeze pattern {cut(pattern)} matches no parameter name (they look like "
                              f"{examples}, ...)")
         for name, p in hits:
             p.requires_grad_(False)
             frozen.append(name)
     if not any(p.requires_grad for _, p in params):
-        raise ValueError(f"train.freeze={patterns!r} freezes every parameter: nothing would train")
+        raise ValueError(f"train.freeze={cut(patterns)} freezes every parameter: nothing would train")
     return frozen

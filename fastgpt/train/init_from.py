@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from fastgpt.config import Config, GPTConfig
+from fastgpt.messages import cut
 from fastgpt.model import GPT
 from fastgpt.tokenizers import CHAT_TEMPLATE_FILE, META_FILE, Tokenizer, load_tokenizer
 from fastgpt.train import checkpoint as ckpt
@@ -45,28 +46,28 @@ def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
     if init.startswith("hf:"):
         model = GPT.from_hf(init.removeprefix("hf:"), attn_backend=m.attn_backend, norm_backend=m.norm_backend)
         if model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"train.init_from={init!r} has a vocabulary of {model.config.vocab_size} tokens but "
+            raise ValueError(f"train.init_from={cut(init)} has a vocabulary of {model.config.vocab_size} tokens but "
                              f"data.tokenizer={cfg.data.tokenizer!r} has {tokenizer.vocab_size}; use the tokenizer "
                              "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
         return InitialWeights(init, model.config, model.state_dict())
     if not Path(init).expanduser().is_dir():
-        raise FileNotFoundError(f"train.init_from={init!r} is not 'scratch', 'hf:PATH_OR_HUB_ID' or an existing "
+        raise FileNotFoundError(f"train.init_from={cut(init)} is not 'scratch', 'hf:PATH_OR_HUB_ID' or an existing "
                                 "fastgpt run or checkpoint folder")
     path = ckpt.resolve_checkpoint(Path(init).expanduser(), "best")
     if ckpt.is_sharded(path):
-        raise ValueError(f"train.init_from={init!r}: {path} holds DCP shards only (train.parallel=fsdp), which "
+        raise ValueError(f"train.init_from={cut(init)}: {path} holds DCP shards only (train.parallel=fsdp), which "
                          "are not read here; convert it first with python -m fastgpt convert")
     try:
         config = replace(GPTConfig(**ckpt.read_config(path)["model"]), attn_backend=m.attn_backend,
                          norm_backend=m.norm_backend)
     except (TypeError, ValueError) as exc:
-        raise ckpt.CheckpointError(f"train.init_from={init!r}: {path} has an invalid model config: {exc}") from None
+        raise ckpt.CheckpointError(f"train.init_from={cut(init)}: {path} has an invalid model config: {exc}") from None
     try:
         theirs = load_tokenizer(path)
     except (OSError, ValueError) as exc:
-        raise ckpt.CheckpointError(f"train.init_from={init!r}: {path} has no usable tokenizer: {exc}") from None
+        raise ckpt.CheckpointError(f"train.init_from={cut(init)}: {path} has no usable tokenizer: {exc}") from None
     if not same_tokenizer(theirs, tokenizer):
-        raise ValueError(f"train.init_from={init!r} was trained with the tokenizer {theirs.name!r} "
+        raise ValueError(f"train.init_from={cut(init)} was trained with the tokenizer {theirs.name!r} "
                          f"({theirs.vocab_size} tokens), but data.tokenizer={cfg.data.tokenizer!r} gives "
                          f"{tokenizer.name!r} ({tokenizer.vocab_size} tokens) on this data; use the same "
                          f"tokenizer: data.tokenizer={str(path)!r} reads it from the checkpoint")
