@@ -8,6 +8,7 @@ CUDA GPUs run fastgpt's own kernels; on mps and xpu every op takes its PyTorch p
 
 from __future__ import annotations
 
+import functools
 import platform
 
 import torch
@@ -66,8 +67,10 @@ def resolve_device(name: object, option: str) -> torch.device:
     return device
 
 
+@functools.cache
 def device_name(device: torch.device) -> str:
-    """What the device is, for caches of choices measured on it: the GPU's or the CPU's model name."""
+    """What the device is, for caches of choices measured on it: the GPU's or the CPU's model name
+    (read once per device and process)."""
     if device.type in ("cuda", "xpu"):
         return getattr(torch, device.type).get_device_name(device)
     if device.type == "cpu":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from fastgpt.cache_dir import cache_dir, write_cache_file
+from fastgpt.device import device_name
 from fastgpt.ops._backend import BACKENDS, cuda_emulated, unavailable_reason
 
 MAX_BYTES = 1 << 20
@@ -52,14 +53,10 @@ def _extension_build(device: torch.device) -> str:
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
 def stamp(device: torch.device) -> dict[str, str]:
     """What the choices for ``device`` depend on."""
     return {
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "triton": _version("triton"),
         "fastgpt": _version("fastgpt"),
@@ -113,7 +110,7 @@ def _read(file: Path, expected: dict[str, str]) -> dict[str, dict]:
 
 
 def _table(device: torch.device) -> dict[str, dict]:
-    name = _device_name(device)
+    name = device_name(device)
     if name not in _MEMORY:
         _MEMORY[name] = _read(path(device), stamp(device))
     return _MEMORY[name]
@@ -127,7 +124,7 @@ def lookup(device: torch.device, key: str) -> dict | None:
 def remember(device: torch.device, key: str, record: dict) -> None:
     """Remember ``record`` in this process only (a choice received from another rank)."""
     if valid_record(record):
-        _MEMORY.setdefault(_device_name(device), {})[key] = record
+        _MEMORY.setdefault(device_name(device), {})[key] = record
 
 
 def store(device: torch.device, key: str, record: dict) -> None:

@@ -34,6 +34,7 @@ from torch import Tensor
 import fastgpt.ops._autotune_cache as cache
 import fastgpt.ops.reference as reference
 import fastgpt.ops.torch_path as torch_path
+from fastgpt.device import device_name
 from fastgpt.ops._accuracy import error_problem
 from fastgpt.ops._autograd import FlashAttention, RMSNorm
 from fastgpt.ops._backend import unavailable_reason
@@ -68,10 +69,6 @@ def kernel_candidates(device: torch.device) -> list[str]:
 
 def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _dtype(d: torch.dtype | None) -> str:
@@ -112,7 +109,7 @@ def spec_of(op: str, args: tuple) -> tuple:
 def key_of(spec: tuple) -> str:
     """The readable key of a shape class: op, device name, dtype, class."""
     op, device, dtype, desc, _ = spec
-    return f"{op} {_device_name(torch.device(device))} {dtype} {desc}"
+    return f"{op} {device_name(torch.device(device))} {dtype} {desc}"
 
 
 # -- example inputs and the checks, per op -----------------------------------------------------------

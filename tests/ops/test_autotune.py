@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fastgpt import ops
+from fastgpt.device import device_name
 from fastgpt.ops import _autotune_cache, autotune, reference
 
 
@@ -88,7 +89,7 @@ def test_auto_on_cpu_checks_times_and_chooses_torch(fresh_cache, monkeypatch):
     w = 1 + 0.1 * torch.randn(128)
     torch.testing.assert_close(ops.rms_norm(x, w, backend="auto"), reference.rms_norm(x, w))
     (key, choice), = ops.autotune_choices().items()
-    assert key == "rms_norm cpu float32 N<=128 weight=float32 residual=False"
+    assert key == f"rms_norm {device_name(torch.device('cpu'))} float32 N<=128 weight=float32 residual=False"
     assert choice == "torch"
     record = _autotune_cache.records()[key]
     assert set(record["ms"]) == {"torch", *cands}, record  # every candidate passed its check and was timed
@@ -212,7 +213,8 @@ def test_cache_is_read_by_a_new_process(tmp_path):
                              timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         outs.append(res.stdout.strip())
-    assert outs[0] == outs[1] == "{'rms_norm cpu float32 N<=8 weight=none residual=False': 'torch'}"
+    cpu = device_name(torch.device("cpu"))  # the CPU's model name: a cache shared by two machines keeps them apart
+    assert outs[0] == outs[1] == f"{{'rms_norm {cpu} float32 N<=8 weight=none residual=False': 'torch'}}"
 
 
 _GOOD = {"backend": "torch", "ms": {"torch": 1.0}, "rejected": {}}
