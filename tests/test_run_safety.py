@@ -298,3 +298,35 @@ def test_going_back_to_an_earlier_checkpoint_needs_overwrite_and_then_continues_
 
 def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_fresh_with_resume(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _args(corpus, out, "train.max_iters=100000", "train.eval_interval=100000")  # no save for a long while
+    run = subprocess.Popen([sys.executable, "-m", "fastgpt.train", *args], stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        for line in run.stderr:
+            if line.startswith("iter 3:"):  # steps went through: config.yaml and metrics.jsonl are written
+                break
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert run.returncode == -signal.SIGKILL
+    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file() and not list(out.glob("ckpt-*"))
+    (out / ".lock").unlink()  # the killed run's (a lock nobody holds): the refused rerun below takes and drops it
+    before = _snapshot(out)
+
+    line = _one_error_line(_train(*_args(corpus, out, "train.max_iters=4")))
+    assert str(out) in line and "holds a run with no checkpoint" in line
+    assert "--resume starts it again" in line and "train.overwrite=true replaces it" in line
+    assert _snapshot(out) == before  # refused: nothing touched
+
+    # the run's own config (the tiny model, the corpus): only the folder and how long are given
+    resumed = _train("--resume", f"train.out_dir={out}", "train.max_iters=4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sum("starts fresh" in line for line in resumed.stderr.splitlines()) == 1
+    assert "no checkpoint was saved" in resumed.stderr
+    assert load_state(resolve_checkpoint(out))["iter"] == 4
+    assert fastgpt.load(str(out))[0].config.n_embd == 16
+    assert [e["iter"] for e in _events(out) if "train_loss" in e and "tokens_per_s" in e] == [1, 2, 3, 4]

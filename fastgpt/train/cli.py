@@ -12,6 +12,7 @@ import errno
 import pathlib
 import re
 import sys
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from fastgpt.train.checkpoint import CheckpointError, read_config, resolve_check
 from fastgpt.train.checkpointer import TrainingError
 from fastgpt.train.distributed import collective_failure, setup, teardown
 from fastgpt.train.recipes import default_recipe
-from fastgpt.train.run_dir import RunLock, checkpoints, holds_run
+from fastgpt.train.run_dir import POINTERS, RunLock, checkpoints, holds_run, unsaved_run
 from fastgpt.train.trainer import Trainer
 
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user
@@ -56,6 +57,10 @@ def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
     """A new run into a folder holding a run must say so (train.overwrite=true); nothing is deleted here."""
     out = pathlib.Path(cfg.train.out_dir)
     if resume is None and not cfg.train.overwrite and holds_run(out):
+        if unsaved_run(out):
+            raise ValueError(f"train.out_dir={cut_path(out)} holds a run with no checkpoint (stopped before its first "
+                             "save): --resume starts it again with its saved config, train.overwrite=true replaces it "
+                             "with this one, or use another train.out_dir")
         raise ValueError(f"train.out_dir={cut_path(out)} holds a run (checkpoints, metrics or config); continue it "
                          "with --resume, use another train.out_dir, or replace it with train.overwrite=true")
 
@@ -85,9 +90,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(args)  # overrides before and after the flags
 
 
-def _resumed_config(args: argparse.Namespace) -> tuple[Config, str, list[str]]:
+def _resumed_config(args: argparse.Namespace) -> tuple[Config, str | None, list[str]]:
     """The config of the run ``--resume`` continues, the checkpoint's name, and what the command line
-    changed in it. The run folder is train.out_dir as given, else --config's, else the recipe's."""
+    changed in it. The run folder is train.out_dir as given, else --config's, else the recipe's. A run
+    stopped before its first checkpoint (``run_dir.unsaved_run``) starts again: its saved config, no
+    checkpoint (None), train.overwrite=true for the config.yaml and metrics.jsonl it replaces."""
     given: dict[str, Any] = apply_overrides(read_yaml(pathlib.Path(args.config)) if args.config else {},
                                             args.overrides)
     train = given.get("train")
@@ -103,6 +110,11 @@ def _resumed_config(args: argparse.Namespace) -> tuple[Config, str, list[str]]:
     except CheckpointError:
         if checkpoints(out):
             raise
+        if unsaved_run(out) and args.resume in POINTERS:
+            cfg, changes = resume_config(read_config(out), given, f"the config of {cut_path(out)}")
+            cfg.train = replace(cfg.train, overwrite=True)
+            return cfg, None, [*changes, f"train.out_dir={cut_path(out)} starts fresh with its saved config: no "
+                                         "checkpoint was saved before the run stopped"]
         raise ValueError(f"train.out_dir={cut_path(out)} holds no checkpoint"
                          f"{'' if any(out.iterdir()) else ' (it is empty)'}: there is no run to --resume") from None
     cfg, changes = resume_config(read_config(ckpt), given, f"the config of {str(ckpt)!r}")

@@ -10,7 +10,8 @@
   of them left, by the exact names the run writes: a folder of the user's (``ckpt-backup``,
   ``ckpt-000030-keep``, ``.ckpt-mine``, a ``ckpt-NNNNNN`` the run never saved) is never touched.
   ``later_checkpoints`` and ``rewind`` serve a run resumed from an earlier checkpoint.
-* ``holds_run`` tells whether a folder holds a run a new (not resumed) run would overwrite.
+* ``holds_run`` tells whether a folder holds a run a new (not resumed) run would overwrite;
+  ``unsaved_run``, whether that run was stopped before its first checkpoint.
 * ``RunLock`` is the ``.lock`` file naming the pid of the run training into the folder.
 """
 
@@ -85,6 +86,14 @@ def checkpoints(run: Path) -> list[Path]:
 def holds_run(run: Path) -> bool:
     """True when ``run`` holds files of a training run: checkpoints, pointers, metrics, a config."""
     return run.is_dir() and (any((run / f).exists() for f in RUN_FILES) or bool(checkpoints(run)))
+
+
+def unsaved_run(run: Path) -> bool:
+    """True when ``run`` holds a run stopped before its first checkpoint: the ``config.yaml`` (and
+    ``metrics.jsonl``) a run writes once its first step went through, but no checkpoint folder and no
+    pointer. ``--resume`` starts such a run again from its saved config."""
+    return ((run / "config.yaml").is_file() and not checkpoints(run)
+            and not any((run / p).exists() or (run / p).is_symlink() for p in POINTERS))
 
 
 def later_checkpoints(out_dir: str | Path, ckpt: Path) -> list[Path]:
