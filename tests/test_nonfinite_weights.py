@@ -79,3 +79,10 @@ def test_sharded_weights_with_a_nan_are_refused(trained: Path, tmp_path: Path) -
     line = _error(*COMMANDS["generate"](run, tmp_path), "--allow_pickle", cwd=tmp_path)
     assert line.startswith(f"error: checkpoint {str(ckpt)!r}: its sharded/ holds non-finite weights, first in "
                            f"{SPOILED} (1 of 1,024 values"), line
+
+
+def test_resume_refuses_non_finite_weights(trained: Path, tmp_path: Path) -> None:
+    run, ckpt = _spoil(trained, tmp_path, math.inf)
+    line = _error("train", "--resume", f"train.out_dir={run}", "train.max_iters=9", cwd=tmp_path)
+    assert line == (f"error: cannot resume {str(ckpt)!r}: its weights are not finite (or past ~1e19); the run "
+                    "diverged before this save: resume one of its earlier checkpoints with --resume=ckpt-NNNNNN")

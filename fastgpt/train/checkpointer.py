@@ -166,6 +166,10 @@ class Checkpointer:
         except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:  # damaged
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None
+        if self.weights_blown_up():  # a checkpoint this version never saves, written by another or edited
+            raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its weights are not finite (or past ~1e19); "
+                                       "the run diverged before this save: resume one of its earlier checkpoints "
+                                       "with --resume=ckpt-NNNNNN")
         self.saved_iter = counters["iter"]
         if later:
             self.env.barrier()  # every rank has read ``path`` through the old pointers
