@@ -28,7 +28,6 @@ from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cut_note
 from fastgpt.device import choice_line
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
-from fastgpt.generate import generate
 from fastgpt.model import GPT
 from fastgpt.ops import autotune_summary
 from fastgpt.train.adapters import prepare_model
@@ -301,16 +300,13 @@ class Trainer:
 
     def sample(self) -> None:
         tok = self.data.tokenizer
-        self.model.eval()
         try:
             prompt = tok.encode("\n")
         except ValueError:  # a char vocabulary without a newline
             prompt = [tok.eot_id]
         g = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
-        ids = list(generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=200,
-                            eot_id=tok.eot_id, generator=g))
-        if ids and ids[-1] == tok.eot_id:
-            ids.pop()
+        ids = self.model.generate(prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=200,
+                                  eot_id=tok.eot_id, generator=g)[len(prompt):]  # the eot left out
         if self.env.is_main:
             print(f"\n--- sample after {self.iter} iterations ---\n{tok.decode(ids)}\n---", flush=True)
 
