@@ -302,10 +302,20 @@ def _write(directory: Path, split: str, tokens: list[np.ndarray], bounds: list[n
     return len(stream)
 
 
+def data_digest(cfg: DataConfig) -> str:
+    """The hash of ``cfg``'s settings and sources now: it names the cache folder (the manifest's ``hash``)."""
+    return hashlib.sha256(json.dumps(_cache_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_prepared(cfg: DataConfig, digest: str) -> PreparedData | None:
+    """The whole prepared dataset of hash ``digest`` in ``cfg.cache_dir``, or None; reads only, writes nothing."""
+    return _reusable(Path(cfg.cache_dir) / _folder_name(cfg, digest), digest)
+
+
 def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Tokenize ``cfg``'s sources into a cache folder (or reuse a matching one) and open it."""
     key = _cache_key(cfg)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = data_digest(cfg)
     directory = Path(cfg.cache_dir) / _folder_name(cfg, digest)
     if reused := _reusable(directory, digest):
         Partial(directory).finish()  # left by a preparation killed after its manifest

@@ -6,9 +6,10 @@ Evaluates a checkpoint on validation loss and on multiple-choice benchmarks and 
 
 * ``val_loss``: mean next-token loss, perplexity, bits per byte and per character
   (``fastgpt.eval.bits_per_byte``: comparable across tokenizers) on the validation split of the checkpoint's
-  own dataset (its config.yaml ``data`` section, prepared or reused like ``fastgpt.train`` does),
-  or on any source the data pipeline reads given as ``--data val_loss=FILE`` (all of it). The
-  tokens are cut into consecutive windows of ``block_size``, so each is predicted once.
+  own run (the prepared files it trained on, still in its cache, else its ``data`` section prepared
+  again: ``fastgpt.eval.run_data``, which also states what eval reads of a checkpoint), or on any
+  source the data pipeline reads given as ``--data val_loss=FILE`` (all of it). The tokens are cut
+  into consecutive windows of ``block_size``, so each is predicted once.
 * the benchmarks of ``fastgpt.eval.tasks`` (hellaswag, arc_easy, ..., blimp): ``acc`` and ``acc_norm``
   by log-likelihood (``fastgpt.eval.mcq``), on the hub data set or a local JSONL file
   (``--data hellaswag=hellaswag_val.jsonl``).
@@ -27,14 +28,12 @@ import contextlib
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastgpt.data import DataConfig
 from fastgpt.data.progress import progress_bar
 from fastgpt.device import resolve_device
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
@@ -99,57 +98,17 @@ def evaluate_loss(
 def loss_tokens(checkpoint: str | Path, tokenizer: Tokenizer, source: str | None,
                 cache_dir: str | None = None) -> np.ndarray:
     """The tokens ``val_loss`` scores: ``source`` read whole and encoded by ``tokenizer`` (an eot
-    after each document), or the validation split of the checkpoint's dataset (``confine``d)."""
-    from fastgpt.data import load_documents, prepare_data
-    from fastgpt.train.checkpoint import read_config, resolve_checkpoint
+    after each document), or the validation split of the checkpoint's run (``fastgpt.eval.run_data``)."""
+    from fastgpt.data import load_documents
+    from fastgpt.eval.run_data import run_val_tokens
 
-    if source is not None:
-        ids: list[int] = []
-        for doc in tokenizer.encode_batch(load_documents(source)):
-            ids.extend(doc)
-            ids.append(tokenizer.eot_id)
-        return np.asarray(ids, dtype=np.int64)
-    data_cfg = read_config(resolve_checkpoint(checkpoint, "best")).get("data")
-    if not isinstance(data_cfg, dict):
-        raise ValueError(f"checkpoint {str(checkpoint)!r} has no data section; pass --data val_loss=FILE")
-    try:
-        data_config = DataConfig(**data_cfg)
-    except TypeError as exc:
-        raise ValueError(f"checkpoint {str(checkpoint)!r} has an unusable data section ({exc})") from None
-    data = prepare_data(confine(data_config, checkpoint, cache_dir), progress=True)
-    if data.tokenizer.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"the re-prepared dataset's tokenizer ({data.tokenizer.name}, vocab "
-                         f"{data.tokenizer.vocab_size}) differs from the checkpoint's (vocab {tokenizer.vocab_size}); "
-                         "pass --data val_loss=FILE")
-    if data.val_count < 2:
-        raise ValueError(f"the checkpoint's dataset has no validation tokens (data.val_fraction="
-                         f"{data_cfg.get('val_fraction')}); pass --data val_loss=FILE")
-    return data.val_tokens()
-
-
-def confine(cfg: DataConfig, checkpoint: str | Path, cache_dir: str | None) -> DataConfig:
-    """The checkpoint's data section, kept to the folders the user named: its local dataset and
-    tokenizer files must lie inside the current folder (else ValueError), and it prepares into
-    ``cache_dir`` when given, else into its own cache_dir if inside the current folder, else into
-    the default ``data_cache`` here."""
-    from fastgpt.data.sources import looks_like_path
-    from fastgpt.tokenizers import is_tokenizer_path
-
-    here = Path.cwd().resolve()
-    named = [("data.dataset", s) for s in cfg.sources if looks_like_path(s) or Path(s).expanduser().exists()]
-    if is_tokenizer_path(cfg.tokenizer):
-        named.append(("data.tokenizer", cfg.tokenizer))
-    if cfg.chat_template not in ("auto", "default"):  # data.mode=sft: a template file
-        named.append(("data.chat_template", cfg.chat_template))
-    for key, value in named:
-        if not Path(value).expanduser().resolve().is_relative_to(here):
-            raise ValueError(f"checkpoint {str(checkpoint)!r} names {key}={value[:120]!r}, outside the current folder "
-                             f"{str(here)!r}; eval reads no file a checkpoint names outside it: run it from a folder "
-                             "holding that file, or pass --data val_loss=FILE")
-    if cache_dir is None:
-        inside = Path(cfg.cache_dir).expanduser().resolve().is_relative_to(here)
-        cache_dir = cfg.cache_dir if inside else DataConfig().cache_dir
-    return replace(cfg, cache_dir=cache_dir)
+    if source is None:
+        return run_val_tokens(checkpoint, tokenizer, cache_dir)
+    ids: list[int] = []
+    for doc in tokenizer.encode_batch(load_documents(source)):
+        ids.extend(doc)
+        ids.append(tokenizer.eot_id)
+    return np.asarray(ids, dtype=np.int64)
 
 
 def parse_data(entries: list[str]) -> dict[str, str]:
@@ -192,8 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="questions per task (val_loss: windows), spread over the set")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--output", help="write the results as JSON here")
-    p.add_argument("--cache_dir", help="where val_loss prepares the checkpoint's dataset (default: its "
-                                       "data.cache_dir if inside the current folder, else data_cache)")
+    p.add_argument("--cache_dir", help="where val_loss prepares the run's validation split again when its own "
+                                       "prepared files are gone (default: its data.cache_dir if inside the current "
+                                       "folder, else data_cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="autocast dtype on CUDA")
