@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
+from tiny_run import TINY_MODEL as TINY
 
 from fastgpt import GPT, GPTConfig
 from fastgpt.presets import PRESETS
-
-TINY = dict(vocab_size=61, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
 OPTIONS = [
     {},

@@ -16,25 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_run import tiny, word_corpus
 
 import fastgpt
 from fastgpt.model import GPT
 from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load_state, resolve_checkpoint
 
-TINY = [
-    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
-    "train.eval_iters=1", "train.log_interval=1", "train.sample_tokens=0", "train.device=cpu",
-    "optim.warmup_iters=1", "optim.lr=0.01",
-]  # fmt: skip
+TINY = tiny("train.batch_size=4", "train.log_interval=1", "optim.lr=0.01", drop=("train.max_iters",))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
-    path = tmp_path_factory.mktemp("safety") / "corpus.txt"
-    path.write_text("\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(300)))
-    return path
+    return word_corpus(tmp_path_factory.mktemp("safety"))
 
 
 def _args(corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -13,6 +13,24 @@ TINY = [
     "train.eval_iters=1", "train.sample_tokens=0", "train.device=cpu", "optim.warmup_iters=1", "train.max_iters=2",
 ]  # fmt: skip
 CORPUS = "the king and queen walk by night to see a ghost upon the wall\n" * 40
+SMALL = ("model.n_layer=2", "model.n_embd=32", "model.block_size=32")  # the 2-layer variant several files train
+TINY_MODEL = dict(vocab_size=61, block_size=16, n_layer=2, n_head=4, n_embd=32)  # GPTConfig(**TINY_MODEL)
+WORDS = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
+
+
+def tiny(*changes: str, drop: tuple[str, ...] = ()) -> list[str]:
+    """The tiny run's overrides with ``changes`` (``section.key=value``, replacing or adding) and without
+    the keys in ``drop``: each test file's variant of the one tiny run, every key once."""
+    merged = {item.partition("=")[0]: item for item in [*TINY, *changes]}
+    return [item for key, item in merged.items() if key not in drop]
+
+
+def word_corpus(folder: Path, lines: int = 300) -> Path:
+    """``folder/corpus.txt``: ``lines`` lines of nine words cycled from ``WORDS`` (more text than ``CORPUS``,
+    for runs that need a longer validation split or more batches)."""
+    path = folder / "corpus.txt"
+    path.write_text("\n".join(" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(9)) for i in range(lines)))
+    return path
 
 
 def tiny_args(corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -12,17 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_run import SMALL, WORDS, tiny
 
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.eval.evaluate import evaluate_loss
 from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import load
 
-WORDS = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
-    "train.eval_iters=2", "train.log_interval=1", "train.sample_tokens=0", "optim.warmup_iters=2", "optim.lr=0.01",
-]  # fmt: skip
+TINY = tiny(*SMALL, "train.batch_size=4", "train.eval_iters=2", "train.log_interval=1", "optim.warmup_iters=2",
+            "optim.lr=0.01", drop=("train.device", "train.max_iters"))
 
 
 def _question(i: int) -> dict:

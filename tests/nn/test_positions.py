@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_run import TINY_MODEL as TINY
 from torch import Tensor
 
 from fastgpt import GPT, GPTConfig
 from fastgpt.config import POS_ENCODINGS
 from fastgpt.nn import positions
 from fastgpt.nn.positions import POSITION_ENCODINGS, NoPositions, RotaryPositions
-
-TINY = dict(vocab_size=61, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
 
 def test_every_configurable_encoding_is_in_the_table() -> None:

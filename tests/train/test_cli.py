@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_run import tiny
 
 from fastgpt.config import load_config
 from fastgpt.train import cli as train_mod
@@ -19,18 +20,7 @@ from fastgpt.train.recipes import default_recipe
 from fastgpt.train.schedule import lr_factor
 
 # far from the defaults in every section: a resume that fell back on any default would not fit
-TINY = [
-    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",
-    "train.eval_iters=1", "train.sample_tokens=0", "train.device=cpu", "optim.warmup_iters=1", "optim.lr=0.01",
-    "train.log_interval=1", "train.eval_interval=2", "train.max_iters=4",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cli") / "corpus.txt"
-    path.write_text("the king and queen walk by night to see a ghost upon the wall\n" * 40)
-    return path
+TINY = tiny("optim.lr=0.01", "train.log_interval=1", "train.eval_interval=2", "train.max_iters=4")
 
 
 def _args(corpus: Path, out: Path, *extra: str) -> list[str]:

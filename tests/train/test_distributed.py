@@ -23,28 +23,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from tiny_run import SMALL, tiny, word_corpus
 
 from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import is_sharded, load, load_state, resolve_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
-TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "train.eval_iters=2", "train.log_interval=1", "train.sample_tokens=0", "train.device=cpu",
-    "train.eval_interval=3", "optim.warmup_iters=2", "optim.lr=0.01", "optim.lr_decay_iters=6",
-]  # fmt: skip
+TINY = tiny(*SMALL, "train.eval_iters=2", "train.log_interval=1", "train.eval_interval=3", "optim.warmup_iters=2",
+            "optim.lr=0.01", "optim.lr_decay_iters=6", drop=("train.batch_size", "train.max_iters"))
 RTOL = 1e-5
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
-    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(600)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines))
-    return path
+    return word_corpus(tmp_path_factory.mktemp("corpus"), 600)
 
 
 def _args(corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -7,22 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import SMALL, tiny, word_corpus
 
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.train import cli as train_mod
 from fastgpt.train.freeze import freeze
 
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
-        "train.eval_iters=1", "train.eval_interval=100", "train.sample_tokens=0", "optim.warmup_iters=1",
-        "optim.lr=0.01", "train.max_iters=6"]
+TINY = tiny(*SMALL, "train.batch_size=4", "train.eval_interval=100", "optim.lr=0.01", "train.max_iters=6",
+            drop=("train.device",))
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(300)))
-    return path
+    return word_corpus(tmp_path)
 
 
 def test_frozen_tensors_stay_bit_identical_and_the_rest_trains(tmp_path: Path, corpus: Path,

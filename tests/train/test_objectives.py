@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_run import SMALL, tiny, word_corpus
 
 from fastgpt.config import TrainConfig, load_config
 from fastgpt.data import TokenLoader
@@ -17,9 +18,8 @@ from fastgpt.tokenizers import ByteTokenizer
 from fastgpt.train import cli as train_mod
 from fastgpt.train.objectives import Objective, mask_next_tokens
 
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
-        "train.eval_iters=4", "train.log_interval=1", "train.sample_tokens=0", "optim.warmup_iters=2",
-        "optim.lr=0.01"]
+TINY = tiny(*SMALL, "train.batch_size=8", "train.eval_iters=4", "train.log_interval=1", "optim.warmup_iters=2",
+            "optim.lr=0.01", drop=("train.device", "train.max_iters"))
 
 
 def test_masked_tokens_are_the_targets_and_hidden_from_the_input() -> None:
@@ -55,9 +55,7 @@ def test_mlm_loss_of_a_bidirectional_model_falls(tmp_path: Path, monkeypatch: py
         return forward(self, idx, targets, *args, **kwargs)
 
     monkeypatch.setattr(GPT, "forward", spy)
-    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(600)))
+    corpus = word_corpus(tmp_path, 600)
     train_mod.main([*TINY, f"data.dataset={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
                     f"train.out_dir={tmp_path / 'out'}", "model.causal=false", "train.objective=next_token_mlm",
                     "train.max_iters=40", "train.eval_interval=20"])

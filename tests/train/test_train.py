@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import interrupt_during_step
+from tiny_run import SMALL, interrupt_during_step, tiny, word_corpus
 
 import fastgpt
 from fastgpt.generate import generate
@@ -19,27 +19,13 @@ from fastgpt.optim import FusedAdamW
 from fastgpt.train import cli as train_mod
 from fastgpt.train.checkpoint import resolve_checkpoint
 
-TINY = [
-    "model.n_layer=2",
-    "model.n_head=2",
-    "model.n_embd=32",
-    "model.block_size=32",
-    "train.batch_size=4",
-    "train.eval_iters=2",
-    "train.log_interval=1",
-    "train.sample_tokens=0",
-    "optim.warmup_iters=2",
-    "optim.lr=0.01",
-]
+TINY = tiny(*SMALL, "train.batch_size=4", "train.eval_iters=2", "train.log_interval=1", "optim.warmup_iters=2",
+            "optim.lr=0.01", drop=("train.device", "train.max_iters"))
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    words = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
-    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(600)]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines))
-    return path
+    return word_corpus(tmp_path, 600)
 
 
 def _args(tmp_path: Path, corpus: Path, *extra: str) -> list[str]:

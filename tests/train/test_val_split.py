@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_run import tiny
 
 from fastgpt.data import DataConfig, prepare_data
 from fastgpt.train import cli as train_mod
 
-TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=32", "train.batch_size=2",
-        "train.eval_iters=2", "train.sample_tokens=0", "train.max_iters=2", "train.eval_interval=1"]
+TINY = tiny("model.block_size=32", "train.eval_iters=2", "train.eval_interval=1",
+            drop=("train.device", "optim.warmup_iters"))
 
 
 def _prepare(tmp_path: Path, text: str, val_fraction: float):
