@@ -25,13 +25,13 @@ from fastgpt.train import cli as train_mod
 
 @pytest.mark.parametrize("override, message", [
     ("model.preset=[1]", "unknown preset '[1]'"),
-    ("model.init_gain=-1", "model.init_gain must be a positive finite number"),
-    ("optim.step_size=0", "optim.step_size must be >= 1"),
+    ("model.init_gain=-1", "model.init_gain must be > 0, got -1.0"),
+    ("optim.step_size=0", "optim.step_size must be a positive integer, got 0"),
     ("train.device=gpu", "train.device='gpu' is not a device (auto, cpu, cuda, cuda:N, mps, xpu, xpu:N)"),
     ("train.device=", "train.device='' is not a device"),
     pytest.param("train.device=mps", "train.device='mps': mps is not available on this machine (torch built without",
                  marks=pytest.mark.skipif(torch.backends.mps.is_built(), reason="checks a torch built without MPS")),
-    ("data.special_token_weight=1e300", "data.special_token_weight=1e+300 is beyond the limit of 1,000.0"),
+    ("data.special_token_weight=1e300", "data.special_token_weight=1e+300 is beyond the limit of 1,000"),
     ("train.batch_size=2147483648", "train.batch_size=2147483648 is beyond the limit of 1,048,576"),
     ("model.n_embd=2147483648", "model.n_embd=2147483648 is beyond the limit of 65,536"),
     ("train.grad_accum_steps=1000000000000000000000000000000", "train.grad_accum_steps=10000"),
@@ -40,7 +40,7 @@ from fastgpt.train import cli as train_mod
     ("model.n_layer=2147483648", "model.n_layer=2147483648 is beyond the limit of 1,024"),
     ("model.n_embd=32768", "this run needs at least"),  # within the limits, beyond this machine's memory
     ("data.tokenizer=" + "x" * 300, "tokenizer 'xxxx"),
-    ("train.epochs=1e308", "train.epochs must be positive and at most 1,000,000, got 1e+308"),
+    ("train.epochs=1e308", "train.epochs=1e+308 is beyond the limit of 1,000,000"),
     ("train.epochs=.nan", "train.epochs must be a finite number, got nan"),
     ("optim.gamma=1e308", "optim.gamma must be in (0, 1], got 1e+308"),
 ])  # fmt: skip

@@ -101,3 +101,10 @@ def test_every_preset_is_one_override_away(name: str) -> None:
     from fastgpt import GPT
 
     assert load_config(None, [f"model.preset={name}"]).model == GPT.from_preset(name, device="meta").config
+
+
+@pytest.mark.parametrize("key", ["\n", "a\nb", "", " x"])
+def test_an_unknown_key_with_odd_characters_is_quoted_on_one_line(key: str) -> None:
+    with pytest.raises(ValueError) as err:
+        load_config(None, [], base={"model": {key: None}})
+    assert str(err.value).startswith(f"unknown config key model.{key!r}; ") and "\n" not in str(err.value)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from fastgpt.config.schema import SECTIONS, Config
+from fastgpt.config.schema import RANGES, SECTIONS, Config, numeric_type
 from fastgpt.config.yaml_text import parse as parse_yaml
 from fastgpt.config.yaml_text import read_text as read_yaml_text
 from fastgpt.messages import cut, cut_path
@@ -120,16 +120,19 @@ def changeable_on_resume() -> str:
 
 
 def config_reference() -> str:
-    """Every config key, section by section, with its default and the comment beside its field in this
-    file (what ``python -m fastgpt.train --help`` lists)."""
+    """Every config key, section by section, with its default, its range (``RANGES``) and the comment beside
+    its field in fastgpt/config/schema.py (what ``python -m fastgpt.train --help`` lists)."""
     lines = []
     for name, cls in SECTIONS.items():
-        notes = _field_comments(cls)
+        notes, ranges, hints = _field_comments(cls), RANGES.get(name, {}), typing.get_type_hints(cls)
         lines.append(f"{name}:")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             text = f"  {name}.{f.name}={_plain(default)}"
-            lines.append(f"{text:<33}  {notes[f.name]}" if f.name in notes else text)
+            allowed = ranges.get(f.name)
+            where = (("each " if numeric_type(hints[f.name])[1] else "") + allowed.text()) if allowed else None
+            note = "; ".join(part for part in (where, notes.get(f.name)) if part)
+            lines.append(f"{text:<33}  {note}" if note else text)
     return "\n".join(lines)
 
 
@@ -214,7 +217,8 @@ def _make(cls: type, section: str, values: dict[str, Any]) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in values.items():
         if key not in names:
-            raise ValueError(f"unknown config key {section}.{cut(key, quote=False)}{_near_key(section, key)}")
+            plain = key.isprintable() and key.strip() == key != ""  # else quoted: a newline stays on one line
+            raise ValueError(f"unknown config key {section}.{cut(key, quote=not plain)}{_near_key(section, key)}")
         values[key] = _coerce(f"{section}.{key}", value, hints[key])
     return cls(**values)
 

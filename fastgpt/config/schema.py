@@ -1,11 +1,17 @@
 """Every configuration dataclass: ``GPTConfig`` (model), ``DataConfig``, ``TrainConfig``, ``OptimConfig``,
 ``EvalConfig``, ``LoggingConfig`` and ``Config`` (all six sections), each checking its values when built.
+
+The valid values of every numeric field are in one table, ``RANGES`` (read by ``check_ranges``, which each
+section runs first, and listed by ``--help``); ``__post_init__`` keeps the checks that relate several fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +28,6 @@ POS_ENCODINGS = ("learned", "sincos", "rope", "none")
 INITS = ("gpt2", "xavier", "kaiming", "none")
 INIT_MODES = ("fan_in", "fan_out")
 INIT_NONLINEARITIES = ("relu", "leaky_relu", "linear", "tanh", "sigmoid")
-# upper bounds checked before anything is allocated: far beyond any model or run this package trains,
-# well below sizes that overflow 32-bit indexing or loop for days (the run's memory is checked later,
-# against the machine, by fastgpt.train.preflight)
-MODEL_LIMITS = {"vocab_size": 1 << 24, "block_size": 1 << 20, "n_layer": 1024, "n_head": 1 << 12,
-                "n_kv_head": 1 << 12, "n_embd": 1 << 16, "ffn_dim": 1 << 18}
-TRAIN_LIMITS = {"batch_size": 1 << 20, "grad_accum_steps": 1 << 20, "eval_iters": 100_000,
-                "max_iters": 1 << 40, "sample_tokens": 1 << 20, "keep_checkpoints": 1 << 20}
-MAX_SPECIAL_TOKEN_WEIGHT = 1000.0
-MAX_EPOCHS = 1_000_000
-MAX_WORKERS = 1024
-
 
 @dataclass
 class GPTConfig:
@@ -74,14 +69,8 @@ class GPTConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range or inconsistent."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "ffn_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {cut(value)}")
-            _at_most(f"model.{name}", value, MODEL_LIMITS[name])
-        if not isinstance(self.init_gain, int | float) or not 0 < self.init_gain < math.inf:
-            raise ValueError(f"model.init_gain must be a positive finite number, got {self.init_gain!r}")
+        """Raise ValueError naming the first field that is out of range (``RANGES``) or inconsistent."""
+        check_ranges(self, "model")
         choices = {
             "ffn_type": FFN_TYPES, "activation": tuple(ACTIVATIONS), "norm": NORMS,
             "pos_encoding": POS_ENCODINGS, "init": INITS, "init_mode": INIT_MODES,
@@ -90,11 +79,6 @@ class GPTConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}={cut(getattr(self, name))} is not one of {', '.join(allowed)}")
-        for name in ("dropout", "attn_dropout", "embedding_dropout", "lm_head_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -134,28 +118,14 @@ class DataConfig:
         sources = self.sources
         if not sources or not all(isinstance(s, str) and s for s in sources):
             raise ValueError(f"data.dataset must be a non-empty name or list of names, got {cut(self.dataset)}")
-        if self.weights is not None and (len(self.weights) != len(sources) or not all(w > 0 for w in self.weights)):
-            raise ValueError(
-                f"data.weights must be {len(sources)} positive numbers (one per dataset), got {self.weights}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 < self.sample_ratio <= 1:
-            raise ValueError(f"data.sample_ratio must be in (0, 1], got {self.sample_ratio}")
+        check_ranges(self, "data")
+        if self.weights is not None and len(self.weights) != len(sources):
+            raise ValueError(f"data.weights must be {len(sources)} positive numbers (one per dataset), got "
+                             f"{cut(self.weights)}")
         if self.mode not in DATA_MODES:
             raise ValueError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {cut(self.mode)}")
         if not isinstance(self.chat_template, str) or not self.chat_template:
             raise ValueError(f"data.chat_template must be auto, default or a path, got {cut(self.chat_template)}")
-        if self.special_token_weight < 0:
-            raise ValueError(f"data.special_token_weight must be >= 0, got {self.special_token_weight}")
-        _at_most("data.special_token_weight", self.special_token_weight, MAX_SPECIAL_TOKEN_WEIGHT)
-        _at_most("data.num_workers", self.num_workers, MAX_WORKERS)
-        if self.num_workers < 0 or self.seed < 0:
-            raise ValueError(f"data.num_workers and data.seed must be >= 0, got {self.num_workers}, {self.seed}")
-        if self.vocab_size is not None and self.vocab_size < 258:
-            raise ValueError(f"data.vocab_size must be at least 258 (256 bytes + eot + pad), got {self.vocab_size}")
-        if self.vocab_size is not None:
-            _at_most("data.vocab_size", self.vocab_size, MODEL_LIMITS["vocab_size"])
 
     @property
     def sources(self) -> list[str]:
@@ -197,34 +167,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16", "auto"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
-        for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval",
-                     "keep_checkpoints"):
-            _positive(f"train.{name}", getattr(self, name))
-        for name, limit in TRAIN_LIMITS.items():
-            _at_most(f"train.{name}", getattr(self, name), limit)
-        if self.max_iters < 0 or self.ckpt_interval < 0 or self.sample_tokens < 0:
-            raise ValueError("train.max_iters, train.ckpt_interval and train.sample_tokens must be >= 0")
+        check_ranges(self, "train")
         if not self.init_from or self.init_from == "hf:":
             raise ValueError(f"train.init_from={cut(self.init_from)} is not 'scratch', 'hf:PATH_OR_HUB_ID' or a "
                              "fastgpt run or checkpoint folder")
-        if self.epochs is not None and not 0 < self.epochs <= MAX_EPOCHS:  # nan too
-            raise ValueError(f"train.epochs must be positive and at most {MAX_EPOCHS:,}, got {cut(self.epochs)}")
         self._check_finetuning()
 
     def _check_finetuning(self) -> None:
         _choice("train.objective", self.objective, OBJECTIVES)
-        if not 0 < self.mlm_fraction < 1:
-            raise ValueError(f"train.mlm_fraction must be in (0, 1), got {self.mlm_fraction!r}")
         if self.objective == "next_token_mlm" and self.init_from != "scratch":
             raise ValueError(f"train.objective=next_token_mlm trains from scratch, not train.init_from="
                              f"{cut(self.init_from)}: its mask token is an id past the tokenizer's vocabulary, which "
                              "an imported model has no embedding for")
-        if self.lora_rank < 0:
-            raise ValueError(f"train.lora_rank must be >= 0 (0 = no LoRA), got {cut(self.lora_rank)}")
-        _at_most("train.lora_rank", self.lora_rank, MODEL_LIMITS["n_embd"])
-        if not self.lora_alpha > 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"train.lora_alpha must be positive and train.lora_dropout in [0, 1), got "
-                             f"{self.lora_alpha!r} and {self.lora_dropout!r}")
         for target in self.lora_targets:
             _choice("train.lora_targets item", target, LORA_TARGETS)
         if not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
@@ -256,18 +210,12 @@ class OptimConfig:
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # None = the run's length
     step_size: int = 1000  # step scheduler: decay every N iterations
-    gamma: float = 0.1  # step scheduler: multiply the lr by this (in (0, 1]) every step_size steps
+    gamma: float = 0.1  # step scheduler: multiply the lr by this every step_size steps
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, ("adamw", "fused_adamw", "sgd"))
         _choice("optim.scheduler", self.scheduler, ("cosine", "linear", "step", "constant"))
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ValueError(f"optim.lr must be positive and optim.min_lr >= 0 (got {self.lr!r}, {self.min_lr!r})")
-        if self.warmup_iters < 0:
-            raise ValueError(f"optim.warmup_iters must be >= 0, got {cut(self.warmup_iters)}")
-        _positive("optim.step_size", self.step_size)
-        if not 0 < self.gamma <= 1:  # a decay: beyond 1, gamma ** steps overflows
-            raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma!r}")
+        check_ranges(self, "optim")
 
 
 @dataclass
@@ -276,12 +224,178 @@ class EvalConfig:
     num_samples: int = 200  # examples per benchmark during training
     data: dict[str, str] = field(default_factory=dict)  # task -> local JSONL (offline)
 
+    def __post_init__(self) -> None:
+        check_ranges(self, "eval")
+
 
 @dataclass
 class LoggingConfig:
     wandb: bool = False
     wandb_project: str = "fastgpt"
     run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take: ``low`` and up (to ``high``, if given), each bound included
+    unless ``low_open`` / ``high_open``. ``limit``: a cap on a size or a count, far beyond any model or run this
+    package trains and well below sizes that overflow 32-bit indexing or loop for days, checked before anything
+    is allocated (the run's memory is checked later, against the machine, by fastgpt.train.preflight).
+    ``why``: said in the error. An int field takes ints, a float field any finite number; a list field's
+    items are checked one by one."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    limit: float | None = None
+    why: str = ""
+
+    def __str__(self) -> str:
+        """``[0, 1)``, ``> 0``, ``[1, 1048576]`` (a limit as the upper bound)."""
+        return self._written(exponents=False)
+
+    def text(self) -> str:
+        """The range as ``--help`` lists it: ``in [0, 1)``, ``> 0``, ``in [1, 2^20]`` (a bound past 2^16 that
+        is a power of two, or one less, as ``2^20``, ``2^63-1``)."""
+        written = self._written(exponents=True)
+        return f"in {written}" if written[0] in "[(" else written
+
+    def _written(self, exponents: bool) -> str:
+        high, high_open = (self.high, self.high_open) if self.high is not None else (self.limit, False)
+        if high is None:
+            return self._above()
+        end = _power(high) if exponents else _number(high)
+        return f"{'(' if self.low_open else '['}{_number(self.low)}, {end}{')' if high_open else ']'}"
+
+    def error(self, key: str, value: float, integer: bool) -> str | None:
+        """The error line for ``key=value``; None when the value is in the range."""
+        why = f" ({self.why})" if self.why else ""
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (above_low and below_high):
+            if self.high is not None:
+                rule = f"in {self}"
+            elif integer and self.low == 1 and not self.low_open:
+                rule = "a positive integer"
+            else:
+                rule = self._above()
+            return f"{key} must be {rule}{why}, got {cut(value)}"
+        if self.limit is not None and value > self.limit:
+            return f"{key}={cut(value)} is beyond the limit of {_number(self.limit, grouped=True)}{why}"
+        return None
+
+    def _above(self) -> str:
+        return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+
+
+FRACTION = Range(0, 1, high_open=True)  # [0, 1): dropout probabilities, shares held out
+POSITIVE = Range(0, low_open=True)  # > 0
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+SEED = Range(0, limit=(1 << 63) - 1)  # torch takes 64-bit seeds (train.seed + rank among them)
+
+# the valid values of every numeric field, section by section (check_ranges; --help lists them)
+RANGES: dict[str, dict[str, Range]] = {
+    "model": {
+        "vocab_size": Range(1, limit=1 << 24), "block_size": Range(1, limit=1 << 20),
+        "n_layer": Range(1, limit=1024), "n_head": Range(1, limit=1 << 12), "n_kv_head": Range(1, limit=1 << 12),
+        "n_embd": Range(1, limit=1 << 16), "ffn_dim": Range(1, limit=1 << 18),
+        "norm_eps": POSITIVE,  # added to the variance under the square root
+        # the base of RoPE's wavelengths, which grow with the dimension only for a base above 1 (a tiny one
+        # overflows float32's frequencies to inf and the rotations to NaN)
+        "rope_theta": Range(1, low_open=True),
+        "dropout": FRACTION, "attn_dropout": FRACTION, "embedding_dropout": FRACTION, "lm_head_dropout": FRACTION,
+        "init_gain": POSITIVE,
+    },
+    "data": {
+        "weights": POSITIVE,  # each one (normalised)
+        "vocab_size": Range(258, limit=1 << 24, why="256 bytes + eot + pad"),
+        "val_fraction": FRACTION,
+        "sample_ratio": Range(0, 1, low_open=True),
+        "special_token_weight": Range(0, limit=1000),
+        "num_workers": Range(0, limit=1024),  # 0 = one per core
+        "seed": SEED,
+    },
+    "train": {
+        "batch_size": Range(1, limit=1 << 20), "grad_accum_steps": Range(1, limit=1 << 20),
+        "max_iters": Range(0, limit=1 << 40), "epochs": Range(0, low_open=True, limit=1_000_000),
+        "eval_interval": AT_LEAST_1, "eval_iters": Range(1, limit=100_000), "log_interval": AT_LEAST_1,
+        "ckpt_interval": AT_LEAST_0,  # 0 = at evals and the end
+        "keep_checkpoints": Range(1, limit=1 << 20), "seed": SEED,
+        "grad_clip": AT_LEAST_0,  # 0 = off
+        "sample_tokens": Range(0, limit=1 << 20),
+        "mlm_fraction": Range(0, 1, low_open=True, high_open=True),
+        "lora_rank": Range(0, limit=1 << 16),  # 0 = no LoRA; at most the largest model.n_embd
+        "lora_alpha": POSITIVE, "lora_dropout": FRACTION,
+    },
+    "optim": {
+        "lr": POSITIVE, "min_lr": AT_LEAST_0,
+        # decoupled (AdamW) or L2 (SGD); torch's own check never sees it, as it is set per parameter group
+        "weight_decay": AT_LEAST_0,
+        "beta1": FRACTION, "beta2": FRACTION,  # beta1 is SGD's momentum
+        "eps": POSITIVE,  # 0 divides zero by zero where a gradient was always 0
+        "warmup_iters": AT_LEAST_0,
+        "lr_decay_iters": AT_LEAST_1,  # None = the run's length
+        "step_size": AT_LEAST_1,
+        "gamma": Range(0, 1, low_open=True),  # a decay: beyond 1, gamma ** steps overflows
+    },
+    "eval": {"num_samples": AT_LEAST_1},
+}
+
+
+def check_ranges(config: Any, section: str) -> None:
+    """Raise ValueError naming the first numeric field of ``config`` (the dataclass of ``section``) that is not
+    a finite number of its type within its range (``RANGES``); None passes where the field's type allows it."""
+    hints = _hints(type(config))
+    for name, allowed in RANGES.get(section, {}).items():
+        value, (number, listed, optional) = getattr(config, name), numeric_type(hints[name])
+        if value is None and optional:
+            continue
+        if listed and not isinstance(value, list):
+            raise ValueError(f"{section}.{name} must be a list of numbers, got {cut(value)}")
+        for i, item in enumerate(value) if listed else [(None, value)]:
+            key = f"{section}.{name}" if i is None else f"{section}.{name}[{i}]"
+            if isinstance(item, bool) or not isinstance(item, int if number is int else int | float):
+                raise ValueError(f"{key} must be {'an integer' if number is int else 'a number'}, got {cut(item)}")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key} must be a finite number, got {cut(item)}")
+            problem = allowed.error(key, item, number is int)
+            if problem is not None:
+                raise ValueError(problem)
+
+
+def numeric_type(tp: Any) -> tuple[type | None, bool, bool]:
+    """(int or float, or None for any other type; whether it is a list of them; whether None is allowed) of
+    a field's type hint: ``int | None`` -> (int, False, True), ``list[float] | None`` -> (float, True, True)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    kinds = [a for a in args if a is not type(None)]
+    optional = len(kinds) < len(args)
+    if len(kinds) == 1 and typing.get_origin(kinds[0]) is list:
+        (item,) = typing.get_args(kinds[0])
+        return (item if item in (int, float) else None), True, optional
+    return (kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None), False, optional
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _power(value: float) -> str:
+    """``value`` as ``2^k`` or ``2^k-1`` where it is one past 2^16, else as ``_number`` writes it."""
+    for minus in (0, 1):
+        n = int(value) + minus
+        if n == value + minus and n >= 1 << 16 and n & (n - 1) == 0:
+            return f"2^{n.bit_length() - 1}" + ("-1" if minus else "")
+    return _number(value)
+
+
+def _number(value: float, grouped: bool = False) -> str:
+    """A bound as written: 0, 1, 1048576 (1,048,576 when ``grouped``), 1e-08."""
+    if value == int(value):
+        return f"{int(value):,}" if grouped else str(int(value))
+    return repr(value)
 
 
 SECTIONS: dict[str, type] = {
@@ -322,12 +436,3 @@ def folder_error(setting: str, value: str, exc: OSError) -> ValueError:
     where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(value) else ""
     return ValueError(f"{setting}={cut_path(value)}: {reason}{where}")
 
-
-def _at_most(name: str, value: float, limit: float) -> None:
-    if value > limit:
-        raise ValueError(f"{name}={cut(value)} is beyond the limit of {limit:,}")
-
-
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {cut(value)}")

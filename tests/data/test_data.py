@@ -45,7 +45,7 @@ def _write_jsonl(path: Path, docs: list[str], column: str = "tweet") -> Path:
         ({"mode": "stream"}, "data.mode must be one of random, epoch, padded, sft, got 'stream'"),
         ({"dataset": ["a", "b"], "weights": [1.0]}, "data.weights must be 2 positive numbers"),
         ({"dataset": []}, "data.dataset must be a non-empty"),
-        ({"vocab_size": 100}, "data.vocab_size must be at least 258"),
+        ({"vocab_size": 100}, "data.vocab_size must be >= 258"),
     ],
 )
 def test_config_validation(kwargs, message):
