@@ -80,8 +80,9 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
 
     A given key equal to the saved value changes nothing; ``train.overwrite`` is false unless given
     (it lets this command go back to an earlier checkpoint, not later ones); ``model.vocab_size`` is
-    the tokenizer's, as in a new run; ``train.dtype=auto`` stands for the dtype the run chose when it started. Any other
-    change raises ValueError naming the key. ``source`` names the saved config in errors.
+    the tokenizer's, as in a new run; ``train.dtype=auto`` stands for the dtype the run chose when it started; the
+    run folder a LoRA run's base came from stands for the checkpoint it recorded. Any other change raises
+    ValueError naming the key. ``source`` names the saved config in errors.
     """
     try:
         before = build_config(saved)
@@ -97,6 +98,8 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
             values.pop("vocab_size", None)
         if section == "train" and values.get("dtype") == "auto":
             values.pop("dtype")
+        if section == "train" and _same_base(values.get("init_from"), before):
+            values.pop("init_from")
         merged[section].update(values)
     after = build_config(merged)
     changes = []
@@ -111,6 +114,20 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], source: str) -> 
                                  f"given {cut(value)}); --resume may change only {changeable_on_resume()}")
             changes.append(f"{section}.{key} {cut(old[key])} -> {cut(value)}")
     return after, changes
+
+
+def _same_base(given: Any, saved: Config) -> bool:
+    """True when ``given`` (the run folder or checkpoint typed again) names the base a LoRA run recorded:
+    its checkpoint folder's absolute path (``fastgpt.train.init_from``)."""
+    base = saved.train.init_from
+    if not saved.train.lora_rank or not isinstance(given, str) or given.startswith("hf:") or \
+            not Path(base).is_absolute():
+        return False
+    try:
+        path = Path(given).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a name too long, an unknown ~user, a NUL
+        return False
+    return path in (Path(base), Path(base).parent)
 
 
 def changeable_on_resume() -> str:

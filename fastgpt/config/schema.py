@@ -184,10 +184,9 @@ class TrainConfig:
         if not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
             raise ValueError(f"train.lora_targets must name distinct projections of {', '.join(LORA_TARGETS)}, "
                              f"got {cut(self.lora_targets)}")
-        if self.lora_rank and not self.init_from.startswith("hf:"):
-            raise ValueError(f"train.lora_rank={self.lora_rank} adapts a Hugging Face base model: set train.init_from="
-                             "hf:PATH_OR_HUB_ID (a fastgpt run as the base: python -m fastgpt export it first, "
-                             f"then hf:THAT_FOLDER), not {cut(self.init_from)}")
+        if self.lora_rank and self.init_from == "scratch":
+            raise ValueError(f"train.lora_rank={self.lora_rank} adapts a base model: set train.init_from to a fastgpt "
+                             "run or checkpoint folder, or to hf:PATH_OR_HUB_ID, not 'scratch'")
         if self.lora_rank and self.parallel == "fsdp":
             raise ValueError("train.lora_rank > 0 saves its adapters in one file; use train.parallel=ddp")
         if self.lora_rank and self.freeze:

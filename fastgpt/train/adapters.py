@@ -6,11 +6,13 @@
 A LoRA checkpoint holds ``adapters.safetensors`` instead of ``model.safetensors``: the adapters'
 tensors, and in the file's metadata the SHA-256 of the base weights they were trained on
 (``base_sha256``: every parameter but the adapters, by name, dtype, shape and bytes). Its
-config.yaml names the base (``train.init_from``) and the LoRA settings. ``load_merged`` rebuilds
-the base from there, refuses it if its weights hash differently (a changed base), loads the
-adapters and merges them: ``fastgpt.load``, generate, eval and export get a plain model. A base
-folder named by a checkpoint is read only when it lies inside the current folder (a hub id is
-fetched through the Hugging Face cache).
+config.yaml names the base (``train.init_from``: ``hf:PATH_OR_HUB_ID``, or the absolute path of the
+fastgpt checkpoint folder a run on a fastgpt run adapts) and the LoRA settings. ``fastgpt.load``
+rebuilds the base from there (``hf_base`` here, ``fastgpt.train.checkpoint.lora_base`` for a fastgpt
+base, read wherever it lies: its config.yaml and model.safetensors, data, never code), and
+``merge_into`` refuses it if its weights hash differently (a changed base), loads the adapters and
+merges them: generate, eval and export get a plain model. A Hugging Face base folder is read only
+when it lies inside the current folder (a hub id is fetched through the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fastgpt.config import TrainConfig
+from fastgpt.messages import cut
 from fastgpt.model import GPT
 from fastgpt.nn.lora import ADAPTER_SUFFIXES, LoRALinear, adapter_state, add_lora, merge_lora
 from fastgpt.tokenizers import Tokenizer
@@ -80,14 +83,16 @@ def read_adapters(ckpt: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def load_adapters(model: torch.nn.Module, ckpt: Path,
-                  saved: tuple[dict[str, torch.Tensor], str] | None = None) -> None:
-    """Copy ``ckpt``'s adapters (or ``saved``, read from it) into ``model``, whose base must hash as saved."""
+                  saved: tuple[dict[str, torch.Tensor], str] | None = None, base: str | None = None) -> None:
+    """Copy ``ckpt``'s adapters (or ``saved``, read from it) into ``model``, whose base (``base``: its
+    train.init_from, for the message) must hash as saved."""
     tensors, digest = saved or read_adapters(ckpt)
     now = base_sha256(model)
     if now != digest:
+        named = f"train.init_from={cut(base)}" if base else "train.init_from"
         raise ValueError(f"checkpoint {str(ckpt)!r}: its adapters were trained on a base whose weights have "
                          f"SHA-256 {digest[:16]}..., but the base loaded now has {now[:16]}...; the base "
-                         "(train.init_from) changed since")
+                         f"({named}) changed since: re-trained or replaced")
     mine = adapter_state(model)
     if set(mine) != set(tensors) or any(mine[k].shape != tensors[k].shape for k in mine):
         diff = sorted(set(mine) ^ set(tensors))[:3] or [k for k in mine if mine[k].shape != tensors[k].shape][:3]
@@ -98,11 +103,19 @@ def load_adapters(model: torch.nn.Module, ckpt: Path,
             t.copy_(tensors[k])
 
 
-def base_model(init_from: str, model_cfg: dict[str, Any], device: str | torch.device) -> GPT:
-    """The base a LoRA checkpoint names (``hf:PATH_OR_HUB_ID``), on ``device``; a local base folder is
-    read only inside the current folder."""
-    if not isinstance(init_from, str) or not init_from.startswith("hf:"):
-        raise ValueError(f"a LoRA checkpoint's base must be train.init_from=hf:PATH_OR_HUB_ID, got {init_from!r}")
+def lora_settings(ckpt: Path, config: dict[str, Any]) -> TrainConfig:
+    """The LoRA settings (base, rank, alpha, targets) of the checkpoint ``ckpt``, its config.yaml read as ``config``."""
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    try:
+        return TrainConfig(init_from=train.get("init_from"), lora_rank=train.get("lora_rank"),
+                           lora_alpha=train.get("lora_alpha"), lora_targets=train.get("lora_targets"))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"checkpoint {str(ckpt)!r} has adapters but no usable LoRA settings: {exc}") from None
+
+
+def hf_base(init_from: str, model_cfg: dict[str, Any], device: str | torch.device) -> GPT:
+    """The Hugging Face base a LoRA checkpoint names (``hf:PATH_OR_HUB_ID``), on ``device``; a local base
+    folder is read only inside the current folder. (A fastgpt base: ``fastgpt.train.checkpoint``.)"""
     name = init_from.removeprefix("hf:")
     path = Path(name).expanduser()
     if path.exists() and not path.resolve().is_relative_to(Path.cwd().resolve()):
@@ -113,20 +126,14 @@ def base_model(init_from: str, model_cfg: dict[str, Any], device: str | torch.de
     return GPT.from_hf(name, **backends).to(device)
 
 
-def load_merged(ckpt: Path, config: dict[str, Any], tokenizer: Tokenizer, device: str | torch.device) -> GPT:
-    """The model of the LoRA checkpoint ``ckpt`` (its ``config.yaml`` read as ``config``): base plus
-    adapters, merged into plain Linears, in eval mode on ``device``."""
-    saved = read_adapters(ckpt)  # every file of the checkpoint is read before the base is built
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    try:
-        lora = TrainConfig(init_from=train.get("init_from"), lora_rank=train.get("lora_rank"),
-                           lora_alpha=train.get("lora_alpha"), lora_targets=train.get("lora_targets"))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"checkpoint {str(ckpt)!r} has adapters but no usable LoRA settings: {exc}") from None
-    model = base_model(lora.init_from, config["model"], device)
-    if tokenizer.vocab_size > model.config.vocab_size:
+def merge_into(base: GPT, ckpt: Path, saved: tuple[dict[str, torch.Tensor], str], lora: TrainConfig,
+               tokenizer: Tokenizer) -> GPT:
+    """``base`` plus the adapters ``saved`` (read from ``ckpt``, of settings ``lora``), merged into plain
+    Linears, in eval mode: the model of the LoRA checkpoint. Refused if ``base`` is not the one they were
+    trained on."""
+    if tokenizer.vocab_size > base.config.vocab_size:
         raise ValueError(f"checkpoint {str(ckpt)!r}: its tokenizer has {tokenizer.vocab_size} tokens but its base "
-                         f"model only {model.config.vocab_size}")
-    add_lora(model, lora.lora_rank, lora.lora_alpha, 0.0, lora.lora_targets)
-    load_adapters(model, ckpt, saved)
-    return merge_lora(model).eval()
+                         f"model only {base.config.vocab_size}")
+    add_lora(base, lora.lora_rank, lora.lora_alpha, 0.0, lora.lora_targets)
+    load_adapters(base, ckpt, saved, lora.init_from)
+    return merge_lora(base).eval()

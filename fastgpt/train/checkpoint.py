@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,10 @@ def load_weights(model: torch.nn.Module, ckpt: Path, weights: dict[str, torch.Te
     raises CheckpointError. Tied tensors are stored once; the names they share are not missing.
     A LoRA checkpoint's adapters go into ``model``'s adapters, if its base hashes as saved."""
     if weights is None and adapters.is_adapter_checkpoint(ckpt):
+        train = read_config(ckpt).get("train")
+        base = train.get("init_from") if isinstance(train, dict) else None
         try:
-            return adapters.load_adapters(model, ckpt)
+            return adapters.load_adapters(model, ckpt, base=base if isinstance(base, str) else None)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
     if weights is None:
@@ -317,7 +320,10 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         raise CheckpointError(f"checkpoint {str(ckpt)!r} has no usable tokenizer: {exc}") from None
     if adapters.is_adapter_checkpoint(ckpt):
         try:
-            merged = adapters.load_merged(ckpt, config, tokenizer, device)
+            saved = adapters.read_adapters(ckpt)  # every file of the checkpoint is read before the base is built
+            lora = adapters.lora_settings(ckpt, config)
+            merged = adapters.merge_into(lora_base(lora.init_from, config["model"], device), ckpt, saved, lora,
+                                         tokenizer)
         except (ValueError, FileNotFoundError) as exc:
             raise CheckpointError(str(exc)) from None
         check_finite(merged.named_parameters(), ckpt, f"{adapters.ADAPTERS} (merged into its base model)")
@@ -346,6 +352,51 @@ def _load(ckpt: Path, device: str | torch.device, allow_pickle: bool) -> tuple[G
         load_weights(model, ckpt, weights)
     model.eval()
     return model, tokenizer
+
+
+def lora_base(init_from: str, model_cfg: dict[str, Any], device: str | torch.device) -> GPT:
+    """The base a LoRA checkpoint names, on ``device``, with the backends of ``model_cfg`` (its own):
+    ``hf:PATH_OR_HUB_ID`` (``adapters.hf_base``), or the fastgpt checkpoint folder a LoRA run on a run
+    recorded, read wherever it lies (its config.yaml and model.safetensors, never shards)."""
+    if init_from == "scratch":
+        raise ValueError(f"a LoRA checkpoint's base must be train.init_from=hf:PATH_OR_HUB_ID or a fastgpt "
+                         f"checkpoint folder, got {cut(init_from)}")
+    if init_from.startswith("hf:"):
+        return adapters.hf_base(init_from, model_cfg, device)
+    path = Path(init_from).expanduser()
+    if not _complete(path):
+        raise FileNotFoundError(base_gone(init_from))
+    backends = {k: v if isinstance(v := model_cfg.get(k), str) else "auto" for k in ("attn_backend", "norm_backend")}
+    config, weights = run_weights(path, f"the LoRA base train.init_from={cut(init_from)}", **backends)
+    check_weights_fit(config, torch.device(device), f"the LoRA base {str(path)!r}")
+    with torch.device(device):
+        model = GPT(config)
+    load_weights(model, path, weights)
+    return model
+
+
+def run_weights(path: Path, what: str, attn_backend: str, norm_backend: str) -> tuple[GPTConfig, dict]:
+    """The model config (with these backends) and weights of the checkpoint folder ``path`` of a fastgpt
+    run, named ``what`` in errors. Only its config.yaml and model.safetensors are read: DCP shards (a
+    pickle) and a LoRA run's adapters (which need a base of their own) are refused."""
+    if is_sharded(path):
+        raise ValueError(f"{what}: {path} holds DCP shards only (train.parallel=fsdp), which are not read here; "
+                         "convert it first with python -m fastgpt convert")
+    if adapters.is_adapter_checkpoint(path):
+        raise ValueError(f"{what}: {path} is a LoRA run, whose adapters need a base of their own; merge them first "
+                         "with python -m fastgpt convert --checkpoint RUN --out MERGED, then use MERGED")
+    try:
+        config = replace(GPTConfig(**read_config(path)["model"]), attn_backend=attn_backend,
+                         norm_backend=norm_backend)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{what}: {path} has an invalid model config: {exc}") from None
+    return config, read_weights(path)
+
+
+def base_gone(base: str) -> str:
+    """The error line for a LoRA run whose base checkpoint is no longer where the run recorded it."""
+    return (f"the LoRA base train.init_from={cut(base)} is gone (moved or deleted): the adapters need the checkpoint "
+            "they were trained on, at that path; put it back there")
 
 
 def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], ckpt: Path, file: str) -> None:

@@ -163,6 +163,8 @@ class Checkpointer:
                     not isinstance(counters["best_val"], float | int):
                 raise TypeError(f"counters of the wrong types or signs: {counters}")
             self._restore_rng(state["rng"], counters["iter"])
+        except ckpt.CheckpointError:  # the weights' own line (a LoRA run's base changed since), not state.pt's
+            raise
         except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:  # damaged
             raise ckpt.CheckpointError(f"checkpoint {str(path)!r} has a state.pt this version cannot resume "
                                        f"({type(exc).__name__}: {exc})") from None

@@ -6,7 +6,11 @@
   ``ckpt-NNNNNN`` folder: ``model.safetensors`` and the ``model`` section of its ``config.yaml``.
 
 The last two replace ``model.*`` with the source's model config (the backends stay the run's), and the
-data's tokenizer must be the one the source was trained with.
+data's tokenizer must be the one the source was trained with. A LoRA run (``train.lora_rank``) on a
+fastgpt run records the checkpoint folder it adapts, by absolute path, as its ``train.init_from``;
+``fastgpt.train.checkpoint.lora_base`` rebuilds that base when the run is loaded, and this module
+when it is resumed (``fastgpt.train.adapters`` checks that its weights are the ones the adapters
+were trained on).
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ class InitialWeights:
 
 
 def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
-    """``cfg.train.init_from``'s config and weights; None for ``scratch``. ``tokenizer`` is the data's."""
+    """``cfg.train.init_from``'s config and weights; None for ``scratch``. ``tokenizer`` is the data's.
+
+    A LoRA run on a fastgpt run records its base: ``cfg.train.init_from`` becomes the absolute path of
+    the checkpoint folder read, which its saved config then names wherever it is loaded from.
+    """
     init, m = cfg.train.init_from, cfg.model
     if init == "scratch":
         return None
@@ -51,17 +59,12 @@ def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
                              "the model was trained with (data.tokenizer=gpt2 for GPT-2)")
         return InitialWeights(init, model.config, model.state_dict())
     if not Path(init).expanduser().is_dir():
+        if cfg.train.lora_rank and Path(init).is_absolute():  # the base a LoRA run recorded, when resumed
+            raise FileNotFoundError(ckpt.base_gone(init))
         raise FileNotFoundError(f"train.init_from={cut(init)} is not 'scratch', 'hf:PATH_OR_HUB_ID' or an existing "
                                 "fastgpt run or checkpoint folder")
     path = ckpt.resolve_checkpoint(Path(init).expanduser(), "best")
-    if ckpt.is_sharded(path):
-        raise ValueError(f"train.init_from={cut(init)}: {path} holds DCP shards only (train.parallel=fsdp), which "
-                         "are not read here; convert it first with python -m fastgpt convert")
-    try:
-        config = replace(GPTConfig(**ckpt.read_config(path)["model"]), attn_backend=m.attn_backend,
-                         norm_backend=m.norm_backend)
-    except (TypeError, ValueError) as exc:
-        raise ckpt.CheckpointError(f"train.init_from={cut(init)}: {path} has an invalid model config: {exc}") from None
+    config, weights = ckpt.run_weights(path, f"train.init_from={cut(init)}", m.attn_backend, m.norm_backend)
     try:
         theirs = load_tokenizer(path)
     except (OSError, ValueError) as exc:
@@ -71,7 +74,9 @@ def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
                          f"({theirs.vocab_size} tokens), but data.tokenizer={cfg.data.tokenizer!r} gives "
                          f"{tokenizer.name!r} ({tokenizer.vocab_size} tokens) on this data; use the same "
                          f"tokenizer: data.tokenizer={str(path)!r} reads it from the checkpoint")
-    return InitialWeights(str(path), config, ckpt.read_weights(path))
+    if cfg.train.lora_rank:
+        cfg.train = replace(cfg.train, init_from=str(path.resolve()))
+    return InitialWeights(str(path), config, weights)
 
 
 def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:

@@ -153,8 +153,8 @@ def test_resume_of_a_lora_run_is_exact(lora_run: dict, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["train.lora_rank=4"], "train.lora_rank=4 adapts a Hugging Face base model: set train.init_from=hf:"),
-    (["train.lora_rank=4", "train.init_from=out/run"], "python -m fastgpt export it first"),
+    (["train.lora_rank=4"], "train.lora_rank=4 adapts a base model: set train.init_from to a fastgpt run or "
+                            "checkpoint folder, or to hf:PATH_OR_HUB_ID, not 'scratch'"),
     (["train.lora_rank=4", "train.init_from=hf:x", "train.lora_targets=[attn.qkv]"],
      "train.lora_targets item='attn.qkv' is not one of attn.c_attn, attn.c_proj, mlp.c_fc"),
     (["train.lora_rank=4", "train.init_from=hf:x", "train.freeze=[wte.*]"], "LoRA already freezes every base weight"),
