@@ -9,11 +9,21 @@ streams each sample to stdout.
 blank lines skipped) writes a ``{"prompt", "response"}`` JSON line per prompt, in order, to ``--output
 OUT.jsonl`` (else stdout); prompts of the same length in tokens are generated together, up to
 ``--batch_size`` at a time.
+
+``--chat`` without ``--prompt``, ``--prompt_file`` or ``--output`` is a multi-turn chat (``chat``): a
+message a line from stdin (after a ``>>>`` prompt on a terminal), each reply streamed to stdout. The
+conversation is rendered whole each turn, and the model sees at most ``block_size`` tokens: a reply may
+take ``min(--max_new_tokens, block_size // 2)`` of them (what is left, when the message alone is longer),
+and the oldest turns (a message and its reply) are dropped to make that room, with a note on stderr.
+``/reset`` clears the history; ``/exit`` or the end of the input (Ctrl-D) ends the chat with exit code 0;
+Ctrl-C stops the reply being generated (what it said so far stays in the history) and, at the prompt,
+discards the line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -24,6 +34,7 @@ import torch
 
 from fastgpt.data.chat_template import ChatTemplate
 from fastgpt.device import resolve_device
+from fastgpt.messages import cut, cut_path
 from fastgpt.model import GPT
 from fastgpt.output import check_output, write_output
 
@@ -97,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run's out_dir or a ckpt-* folder")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
     p.add_argument("--chat", action="store_true",
-                   help="the prompt is a user message rendered by the chat template; print only the reply")
+                   help="the prompt is a user message rendered by the chat template; print only the reply. "
+                        "Without --prompt, --prompt_file or --output: a multi-turn chat on stdin (/reset, /exit)")
     p.add_argument("--prompt_file", help="a text file of prompts, one a line: a JSON line per prompt out")
     p.add_argument("--output", help="write the {prompt, response} JSON lines to this file (default: stdout)")
     p.add_argument("--batch_size", type=int, default=16, help="--prompt_file: prompts generated together")
@@ -116,12 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def stream_text(tokenizer, ids: Iterator[int], out=sys.stdout) -> list[int]:
-    """Write the decoded tokens to ``out`` as ``ids`` arrive, up to an eot (not written); return them."""
-    generated: list[int] = []
+def stream_text(tokenizer, ids: Iterator[int], out=None, stop_ids: set[int] | None = None,
+                generated: list[int] | None = None) -> list[int]:
+    """Write the decoded tokens to ``out`` (default stdout) as ``ids`` arrive, up to a stop id (default the
+    eot; not written); return them. ``generated``: the list they are appended to, which holds those that
+    came before an exception (Ctrl-C) too."""
+    out = sys.stdout if out is None else out
+    stop_ids = {tokenizer.eot_id} if stop_ids is None else stop_ids
+    generated = [] if generated is None else generated
     shown = ""
     for tok in ids:
-        if tok == tokenizer.eot_id:
+        if tok in stop_ids:
             break
         generated.append(tok)
         text = tokenizer.decode(generated)
@@ -146,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts = _prompts(args)  # before the model loads: a missing file is a quick error
     device = resolve_device(args.device, "--device")
     model, tokenizer = load(args.checkpoint, device=device, allow_pickle=args.allow_pickle)
+    if args.chat and args.prompt is None and args.prompt_file is None and args.output is None:
+        return chat(model, tokenizer, args, device)
     if args.chat or args.prompt_file or args.output:
         return _replies(args, prompts, model, tokenizer, device)
     prompt_ids = tokenizer.encode(prompts[0])
@@ -174,6 +193,9 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     if (args.prompt_file or args.output) and args.num_samples != 1:
         raise ValueError("--num_samples applies to --prompt printed to stdout; --prompt_file and --output give "
                          "one response per prompt")
+    if args.chat and args.prompt is None and args.prompt_file is None and args.num_samples != 1:
+        raise ValueError("--num_samples applies to --prompt; the chat (--chat without --prompt) gives one reply "
+                         "a turn")
     if args.prompt_file is None:
         return [args.prompt if args.prompt is not None else "\n"]
     file = Path(args.prompt_file).expanduser()
@@ -229,6 +251,129 @@ def _replies(args: argparse.Namespace, prompts: list[str], model: GPT, tokenizer
     else:
         write_output(args.output, lines)  # atomic: a full disk leaves no half file
     return 0
+
+
+class Conversation:
+    """The turns of a chat (a user message and its reply), kept within the model's context window.
+
+    ``prompt(message)`` renders the kept turns and the new message with the chat template, the oldest
+    turns dropped until ``reply_tokens`` of the ``block_size`` window are left for the reply.
+    """
+
+    def __init__(self, template: ChatTemplate, block_size: int, reply_tokens: int) -> None:
+        self.template, self.block_size, self.reply_tokens = template, block_size, reply_tokens
+        self.turns: list[tuple[str, str]] = []
+
+    def messages(self, message: str) -> list[dict[str, str]]:
+        """The kept turns and ``message`` as chat messages."""
+        out = []
+        for user, reply in self.turns:
+            out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        return [*out, {"role": "user", "content": message}]
+
+    def prompt(self, message: str) -> tuple[list[int], int]:
+        """The token ids the reply to ``message`` continues, and how many of the oldest turns were dropped
+        for them to fit. ValueError (the history untouched) when the message does not encode, or alone
+        leaves no room for a reply."""
+        alone = len(self.template.prompt(self.messages(message)[-1:]))
+        if alone >= self.block_size:
+            raise ValueError(f"this message is {alone} tokens with the chat template, and the model reads "
+                             f"{self.block_size} at most (its block_size): say it in fewer words")
+        dropped = 0
+        while True:
+            ids = self.template.prompt(self.messages(message))
+            if len(ids) + self.reply_tokens <= self.block_size or not self.turns:
+                return ids, dropped
+            self.turns.pop(0)
+            dropped += 1
+
+    def add(self, message: str, reply: str) -> None:
+        self.turns.append((message, reply))
+
+
+def chat(model: GPT, tokenizer, args: argparse.Namespace, device: torch.device) -> int:
+    """The multi-turn chat of ``--chat`` without a prompt (the module docstring): read a message a line from
+    stdin until ``/exit`` or its end, stream each reply to stdout; notes go to stderr. Returns 0."""
+    template = ChatTemplate(tokenizer)
+    try:  # a tokenizer that cannot encode the template's own text is said now, not at every message
+        template.prompt([{"role": "user", "content": ""}])
+    except ValueError as exc:
+        raise ValueError(f"--chat: this checkpoint's chat template does not encode: {exc}") from None
+    block = model.config.block_size
+    conversation = Conversation(template, block, min(args.max_new_tokens, block // 2))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                   use_cache=not args.no_cache, generator=generator)
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    if terminal:
+        with contextlib.suppress(ImportError):  # line editing and history for input()
+            import readline  # noqa: F401
+    _note(f"chat with {cut_path(args.checkpoint)} (a {block}-token context): a message a line; /reset clears "
+          "the history, /exit or Ctrl-D ends")
+    while True:
+        try:
+            line = _read_line(terminal)
+        except KeyboardInterrupt:  # at the prompt: the line is dropped, the chat goes on
+            print()
+            _note("(Ctrl-D or /exit ends the chat)")
+            continue
+        if line is None or line.strip() == "/exit":
+            if terminal and line is None:
+                print()
+            return 0
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/reset":
+            conversation.turns.clear()
+            _note("(history cleared)")
+            continue
+        if message.startswith("/") and " " not in message:
+            _note(f"(unknown command {cut(message)}: /reset clears the history, /exit ends the chat)")
+            continue
+        try:
+            ids, dropped = conversation.prompt(message)
+        except ValueError as exc:
+            _note(f"(not sent: {exc})")
+            continue
+        if dropped:
+            _note(f"(dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} of the history: the model reads "
+                  f"{block} tokens at most; {len(conversation.turns)} kept)")
+        conversation.add(message, _reply(model, tokenizer, template, ids, min(args.max_new_tokens, block - len(ids)),
+                                         options))
+
+
+def _reply(model: GPT, tokenizer, template: ChatTemplate, ids: list[int], budget: int, options: dict) -> str:
+    """Stream the reply continuing ``ids`` (up to ``budget`` tokens or a stop id) to stdout and return its
+    text; Ctrl-C stops it there."""
+    generated: list[int] = []
+    tokens = generate(model, ids, budget, **options)
+    try:
+        stream_text(tokenizer, tokens, stop_ids=template.stop_ids, generated=generated)
+        stopped = False
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        tokens.close()
+    print(flush=True)
+    if stopped:
+        _note("(reply stopped)")
+    return tokenizer.decode(generated)
+
+
+def _read_line(terminal: bool) -> str | None:
+    """The next line of stdin, after a prompt on a terminal; None at its end."""
+    if terminal:
+        try:
+            return input(">>> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line if line else None
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

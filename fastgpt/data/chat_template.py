@@ -153,9 +153,11 @@ class ChatTemplate:
         return ids, mask
 
     def prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the conversation followed by the generation prompt (the reply comes next)."""
+        """Token ids of the conversation followed by the generation prompt (the reply comes next): the ids
+        ``encode`` gives the conversation with an empty reply, less that reply's eot, so each earlier reply
+        ends with its eot, as in training."""
         if self._compiled is None:
-            return self._encode_text(render_text(messages) + marker("assistant"))
+            return self.encode([*messages, {"role": "assistant", "content": ""}])[0][:-1]
         return self._encode_text(_render(self._compiled, self.jinja, messages, True))
 
     def _segments(self, messages: list[dict[str, str]]) -> list[tuple[str | list[int], bool]]:
