@@ -20,8 +20,8 @@ def load(path: str, device: str | torch.device = "cpu", which: str = "best",
     """``(model, tokenizer)`` from a run's out_dir (its ``best`` checkpoint) or a checkpoint folder.
 
     ``allow_pickle=True`` also reads a checkpoint of DCP shards only, whose pickled metadata can run
-    code: for runs of your own (``fastgpt.train.checkpoint.load``).
+    code: for runs of your own (``fastgpt.checkpoint.load``).
     """
-    from fastgpt.train.checkpoint import load as load_checkpoint
+    from fastgpt.checkpoint import load as load_checkpoint
 
     return load_checkpoint(path, device=device, which=which, allow_pickle=allow_pickle)

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                          f">= 0 (got {args.max_new_tokens}, {args.num_samples}, {args.temperature})")
     if args.top_k is not None and args.top_k < 1 or args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top_k must be >= 1 and --top_p in (0, 1] (got {args.top_k}, {args.top_p})")
-    from fastgpt.train.checkpoint import load
+    from fastgpt.checkpoint import load
 
     prompts = _prompts(args)  # before the model loads: a missing file is a quick error
     device = resolve_device(args.device, "--device")

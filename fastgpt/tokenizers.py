@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -463,3 +464,20 @@ def _from_meta(meta: object, directory: Path) -> Tokenizer:
                 raise _bad_field(path, field, f"a token of {directory / HF_FILE}", value)
         return HFTokenizer(tok, name, **specials)
     raise _bad_field(path, "kind", "one of char, byte, tiktoken, hf", kind)
+
+
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """True when ``a`` and ``b`` save the same vocabulary: the same files, aside from the chat template and
+    the name (a tokenizer.json's path) of a tokenizer that is not a tiktoken encoding."""
+    if (type(a), a.vocab_size, a.special_ids) != (type(b), b.vocab_size, b.special_ids):
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = []
+        for name, tok in (("a", a), ("b", b)):
+            tok.save(Path(tmp) / name)
+            files = {f.name: f.read_bytes() for f in (Path(tmp) / name).iterdir() if f.name != CHAT_TEMPLATE_FILE}
+            meta = json.loads(files.pop(META_FILE))
+            if meta.get("kind") != "tiktoken":
+                meta.pop("name", None)
+            saved.append((meta, files))
+        return saved[0] == saved[1]

@@ -17,9 +17,9 @@ import torch
 from tiny_run import tiny_args as _args
 
 from fastgpt import generate as generate_mod
+from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.tokenizers import build_tokenizer
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import resolve_checkpoint
 from fastgpt.train.convert import main as convert_main
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from fastgpt import run_dir
 from fastgpt.data import DataConfig, prepare_data
-from fastgpt.train import run_dir
-from fastgpt.train.run_dir import RunLock
+from fastgpt.run_dir import RunLock
 
 
 def test_cache_dir_under_a_file(tmp_path: Path) -> None:

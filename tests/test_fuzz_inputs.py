@@ -23,8 +23,8 @@ import fastgpt
 from fastgpt.__main__ import run
 from fastgpt.config import load_config
 from fastgpt.generate import main as generate_main
+from fastgpt.preflight import check_backends, check_memory
 from fastgpt.train import cli as train_mod
-from fastgpt.train.preflight import check_backends, check_memory
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 CPU = torch.device("cpu")

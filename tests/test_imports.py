@@ -59,7 +59,8 @@ def _imported(name: str, tree: ast.AST) -> set[str]:
         parts = module.split(".")
         parents.update(p for p in (".".join(parts[:n]) for n in range(2, len(parts)))
                        if not (name == p or name.startswith(p + ".")))
-    return {m for m in found | parents if m in MODULES and m != name}
+    # ``from fastgpt import x`` imports the root package, whose __init__ every fastgpt module ran first
+    return {m for m in found | parents if m in MODULES and m not in (name, "fastgpt")}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -92,7 +93,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_walk_sees_function_level_imports() -> None:
     graph = import_graph()
     assert "fastgpt.model" in graph["fastgpt"]  # top level
-    assert "fastgpt.train.checkpoint" in graph["fastgpt"]  # inside fastgpt.load
+    assert "fastgpt.checkpoint" in graph["fastgpt"]  # inside fastgpt.load
     assert "fastgpt.nn" in graph["fastgpt.model"]  # the package above fastgpt.nn.attention, which it imports
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -115,3 +116,27 @@ def test_the_model_reaches_neither_data_nor_training_nor_eval() -> None:
             todo.append(nxt)
     banned = sorted(m for m in reach if m.startswith(("fastgpt.train", "fastgpt.eval", "fastgpt.data")))
     assert not banned, f"fastgpt.model reaches {banned}"
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+INFERENCE = ("fastgpt", "fastgpt.checkpoint", "fastgpt.generate", "fastgpt.eval", "fastgpt.hf")
+
+
+def test_loading_generating_evaluating_and_exporting_reach_nothing_of_training() -> None:
+    """``fastgpt.load`` (fastgpt.checkpoint), generate, eval and hf sit beside train, not above it: none of
+    them imports ``fastgpt.train``, however indirectly (function-level imports included); what both need
+    (the run folder's layout, LoRA checkpoints, memory checks, progress bars) lives below both."""
+    graph = import_graph()
+    starts = [m for m in graph if m in INFERENCE or m.startswith(tuple(f"{p}." for p in INFERENCE[1:]))]
+    assert "fastgpt.eval.evaluate" in starts and "fastgpt.hf.export" in starts
+    reached = {m: sorted(r for r in _reach(graph, m) if r.startswith("fastgpt.train")) for m in starts}
+    bad = {m: r for m, r in reached.items() if r}
+    assert not bad, f"these reach fastgpt.train: {bad}"

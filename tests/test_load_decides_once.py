@@ -23,8 +23,8 @@ import torch
 from malicious import plant_pickle
 from safetensors.torch import load_file
 
-from fastgpt.train import checkpoint
-from fastgpt.train.checkpoint import CheckpointError
+from fastgpt import checkpoint
+from fastgpt.checkpoint import CheckpointError
 
 
 @pytest.fixture

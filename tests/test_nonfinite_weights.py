@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from test_cli_faults import _error
 
 import fastgpt
-from fastgpt.train.checkpoint import CheckpointError
+from fastgpt.checkpoint import CheckpointError
 
 SPOILED = "blocks.0.mlp.c_fc.weight"  # the tensor given a non-finite value; those before it stay finite
 

@@ -19,9 +19,10 @@ import pytest
 from tiny_run import tiny, word_corpus
 
 import fastgpt
+from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.model import GPT
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load_state, resolve_checkpoint
+from fastgpt.train.checkpoint import load_state
 
 TINY = tiny("train.batch_size=4", "train.log_interval=1", "optim.lr=0.01", drop=("train.max_iters",))
 
@@ -144,7 +145,8 @@ def test_readers_never_fail_while_a_run_saves_and_prunes(corpus: Path, tmp_path:
 KILL_AT_FIRST_POINTER = """
 import os, signal
 from fastgpt.__main__ import run
-from fastgpt.train import cli as train, run_dir
+from fastgpt import run_dir
+from fastgpt.train import cli as train
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # ckpt-000002 is renamed into place; no pointer written yet

@@ -239,7 +239,7 @@ class Range:
     """The values a numeric config field may take: ``low`` and up (to ``high``, if given), each bound included
     unless ``low_open`` / ``high_open``. ``limit``: a cap on a size or a count, far beyond any model or run this
     package trains and well below sizes that overflow 32-bit indexing or loop for days, checked before anything
-    is allocated (the run's memory is checked later, against the machine, by fastgpt.train.preflight).
+    is allocated (the run's memory is checked later, against the machine, by fastgpt.preflight).
     ``why``: said in the error. An int field takes ints, a float field any finite number; a list field's
     items are checked one by one."""
 

@@ -36,9 +36,9 @@ from tqdm import tqdm
 from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import DOC_MODES, TokenLoader
 from fastgpt.data.partial import Partial, fsync_folder
-from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
 from fastgpt.data.sources import load_documents, source_fingerprint
+from fastgpt.progress import progress_bar
 from fastgpt.tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
 
 FORMAT_VERSION = 1

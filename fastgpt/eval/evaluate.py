@@ -34,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastgpt.data.progress import progress_bar
 from fastgpt.device import resolve_device
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
 from fastgpt.messages import cut
 from fastgpt.model import GPT
 from fastgpt.output import check_output, write_output
+from fastgpt.progress import progress_bar
 from fastgpt.tokenizers import Tokenizer
 
 VAL_LOSS = "val_loss"
@@ -164,9 +164,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastgpt.checkpoint import load
     from fastgpt.eval.mcq import encodable, evaluate_mcq
     from fastgpt.eval.tasks import get_task, load_items
-    from fastgpt.train.checkpoint import load
 
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 1 or args.batch_size < 1:

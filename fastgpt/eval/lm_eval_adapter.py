@@ -33,13 +33,13 @@ except ImportError as exc:
         sys.exit(2)
     raise ModuleNotFoundError(_MISSING, name=exc.name) from exc
 
+from fastgpt.checkpoint import load
 from fastgpt.data.sources import hub_unreachable
 from fastgpt.device import resolve_device
 from fastgpt.eval.mcq import encode_pair, score_tokens
 from fastgpt.generate import generate
 from fastgpt.messages import cut
 from fastgpt.tokenizers import EOT_TEXT
-from fastgpt.train.checkpoint import load
 
 DEFAULT_BATCH_SIZE = 16
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastgpt.data.progress import progress_bar
 from fastgpt.model import GPT
+from fastgpt.progress import progress_bar
 from fastgpt.tokenizers import Tokenizer
 
 

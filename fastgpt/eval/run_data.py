@@ -31,7 +31,7 @@ from fastgpt.config import DataConfig
 from fastgpt.data.prepare import PreparedData, data_digest, find_prepared, prepare_data
 from fastgpt.data.sources import SHAKESPEARE, looks_like_path
 from fastgpt.messages import cut
-from fastgpt.tokenizers import Tokenizer, path_exists
+from fastgpt.tokenizers import Tokenizer, path_exists, same_tokenizer
 
 _HASH = re.compile(r"[0-9a-f]{16}")
 _MAX_PICKLE = 64 << 20  # state.pt's data.pkl holds counters and tensor references: far below this
@@ -44,7 +44,7 @@ def run_val_tokens(checkpoint: str | Path, tokenizer: Tokenizer, cache_dir: str 
     """The validation split of the run of ``checkpoint`` (a run folder or a ckpt-* folder), shape (N,);
     ``tokenizer`` is the checkpoint's. ValueError (FileNotFoundError for a gone source) when there is
     none to score."""
-    from fastgpt.train.checkpoint import read_config, resolve_checkpoint
+    from fastgpt.checkpoint import read_config, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint, "best")
     data_cfg = read_config(ckpt).get("data")
@@ -138,7 +138,6 @@ def _reprepare(cfg: DataConfig, checkpoint: str | Path, saved: str | None, run_c
 
 
 def _check_tokenizer(data: PreparedData, tokenizer: Tokenizer) -> None:
-    from fastgpt.train.init_from import same_tokenizer
 
     if not same_tokenizer(data.tokenizer, tokenizer):
         raise ValueError(f"the run's prepared dataset {str(data.dir)!r} has a tokenizer ({data.tokenizer.name}, vocab "

@@ -15,8 +15,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastgpt.checkpoint import load
     from fastgpt.hf.convert import hf_architecture
-    from fastgpt.train.checkpoint import load
 
     p = argparse.ArgumentParser(prog="python -m fastgpt export",
                                 description="Write a checkpoint as a Hugging Face model folder.")

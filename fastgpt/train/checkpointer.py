@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastgpt import checkpoint as ckpt
+from fastgpt import run_dir
 from fastgpt.config import RESUME_CHANGEABLE, Config
 from fastgpt.data import TokenLoader
 from fastgpt.tokenizers import Tokenizer
-from fastgpt.train import checkpoint as ckpt
-from fastgpt.train import run_dir
+from fastgpt.train import checkpoint as saving
 from fastgpt.train.distributed import DistEnv, gather_objects, sum_across_ranks
 from fastgpt.train.rng import rng_state, set_rng_state
 
@@ -68,7 +69,7 @@ class Checkpointer:
             raise TrainingError(f"the weights after iteration {step} are not finite (or past ~1e19, where "
                                 f"their norm overflows), so it is not saved; the run diverged: {self.recovery()}")
         state, error = self.state(counters), None
-        staged = ckpt.staging_dir(self.out_dir, step) if self.sharded else None
+        staged = saving.staging_dir(self.out_dir, step) if self.sharded else None
         if self.env.is_main:
             try:  # noted as the run's before any of its files exist: prune deletes only what the run saved
                 run_dir.record(Path(self.out_dir), step)
@@ -79,12 +80,12 @@ class Checkpointer:
                 error = exc
         if staged is not None and not sum_across_ranks([error is not None], self.env)[0]:
             try:
-                ckpt.save_shards(staged, self.model, self.optimizer, no_dist=not self.env.distributed)
+                saving.save_shards(staged, self.model, self.optimizer, no_dist=not self.env.distributed)
             except OSError as exc:  # raised on every rank when any rank's write failed
                 error = exc
         if self.env.is_main and error is None:
             try:
-                ckpt.save_checkpoint(self.out_dir, step, None if self.sharded else self.model,
+                saving.save_checkpoint(self.out_dir, step, None if self.sharded else self.model,
                                      self.tokenizer, self.cfg.to_dict(), state, best=best, staged=staged,
                                      keep=self.cfg.train.keep_checkpoints)
             except OSError as exc:
@@ -139,7 +140,7 @@ class Checkpointer:
         if diff:
             raise ckpt.CheckpointError(f"cannot resume {str(path)!r}: its model config differs "
                                        f"(saved, now): {diff}")
-        state = ckpt.load_state(path)
+        state = saving.load_state(path)
         fsdp = self.sharded and self.env.distributed
         sharded = ckpt.is_sharded(path)  # decided once: a file renamed later cannot switch the reader
         if fsdp and not sharded:
@@ -149,7 +150,7 @@ class Checkpointer:
             ckpt.check_shards(path, allow_pickle, ckpt.RESUME_HINT)  # before the optimizer state is read
         try:
             if sharded:  # DCP reshards: any number of ranks, FSDP or not
-                ckpt.load_shards(path, self.model, self.optimizer, no_dist=not self.env.distributed,
+                saving.load_shards(path, self.model, self.optimizer, no_dist=not self.env.distributed,
                                  allow_pickle=allow_pickle)
             else:
                 ckpt.load_weights(self.model, path)

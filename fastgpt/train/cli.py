@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from fastgpt.checkpoint import CheckpointError, read_config, resolve_checkpoint
 from fastgpt.config import (
     Config,
     TrainConfig,
@@ -29,11 +30,10 @@ from fastgpt.config import (
     resume_config,
 )
 from fastgpt.messages import cut_path
-from fastgpt.train.checkpoint import CheckpointError, read_config, resolve_checkpoint
+from fastgpt.run_dir import POINTERS, RunLock, checkpoints, holds_run, unsaved_run
 from fastgpt.train.checkpointer import TrainingError
 from fastgpt.train.distributed import collective_failure, setup, teardown
 from fastgpt.train.recipes import default_recipe
-from fastgpt.train.run_dir import POINTERS, RunLock, checkpoints, holds_run, unsaved_run
 from fastgpt.train.trainer import Trainer
 
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the user

@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastgpt.train.checkpoint import load, read_config, resolve_checkpoint, write_files
+from fastgpt.checkpoint import load, read_config, resolve_checkpoint
+from fastgpt.train.checkpoint import write_files
 
 
 def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:

@@ -1,4 +1,7 @@
-"""``train.freeze``: parameters left out of training by name pattern (an imported core frozen is
+"""Which parameters a run trains: ``prepare_model`` applies ``train.freeze`` or ``train.lora_rank``
+(``fastgpt.nn.lora``) to a freshly built model, before its optimizer is made.
+
+``train.freeze``: parameters left out of training by name pattern (an imported core frozen is
 SuperTinyLanguageModels' ``freeze_core``).
 
 Each pattern is a shell-style glob (``fnmatch``) over the model's parameter names, tied names included
@@ -13,7 +16,9 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from fastgpt.config import TrainConfig
 from fastgpt.messages import cut
+from fastgpt.nn.lora import add_lora
 
 
 def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -36,3 +41,11 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     if not any(p.requires_grad for _, p in params):
         raise ValueError(f"train.freeze={cut(patterns)} freezes every parameter: nothing would train")
     return frozen
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> None:
+    """Freeze ``cfg.freeze``'s parameters, or add ``cfg.lora_*`` adapters (freezing the rest)."""
+    if cfg.freeze:
+        freeze(model, cfg.freeze)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)

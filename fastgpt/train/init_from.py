@@ -9,24 +9,22 @@ The last two replace ``model.*`` with the source's model config (the backends st
 data's tokenizer must be the one the source was trained with. A LoRA run (``train.lora_rank``) on a
 fastgpt run records the checkpoint folder it adapts, by absolute path, as its ``train.init_from``;
 ``fastgpt.train.checkpoint.lora_base`` rebuilds that base when the run is loaded, and this module
-when it is resumed (``fastgpt.train.adapters`` checks that its weights are the ones the adapters
+when it is resumed (``fastgpt.adapters`` checks that its weights are the ones the adapters
 were trained on).
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from fastgpt import checkpoint as ckpt
 from fastgpt.config import Config, GPTConfig
 from fastgpt.messages import cut
 from fastgpt.model import GPT
-from fastgpt.tokenizers import CHAT_TEMPLATE_FILE, META_FILE, Tokenizer, load_tokenizer
-from fastgpt.train import checkpoint as ckpt
+from fastgpt.tokenizers import Tokenizer, load_tokenizer, same_tokenizer
 
 
 @dataclass
@@ -77,20 +75,3 @@ def initial_weights(cfg: Config, tokenizer: Tokenizer) -> InitialWeights | None:
     if cfg.train.lora_rank:
         cfg.train = replace(cfg.train, init_from=str(path.resolve()))
     return InitialWeights(str(path), config, weights)
-
-
-def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
-    """True when ``a`` and ``b`` save the same vocabulary: the same files, aside from the chat template and
-    the name (a tokenizer.json's path) of a tokenizer that is not a tiktoken encoding."""
-    if (type(a), a.vocab_size, a.special_ids) != (type(b), b.vocab_size, b.special_ids):
-        return False
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = []
-        for name, tok in (("a", a), ("b", b)):
-            tok.save(Path(tmp) / name)
-            files = {f.name: f.read_bytes() for f in (Path(tmp) / name).iterdir() if f.name != CHAT_TEMPLATE_FILE}
-            meta = json.loads(files.pop(META_FILE))
-            if meta.get("kind") != "tiktoken":
-                meta.pop("name", None)
-            saved.append((meta, files))
-        return saved[0] == saved[1]

@@ -24,21 +24,21 @@ from tqdm import tqdm
 
 from fastgpt.config import Config
 from fastgpt.data import PreparedData, prepare_data
-from fastgpt.data.progress import progress_bar
 from fastgpt.data.sft import cut_note
 from fastgpt.device import choice_line
 from fastgpt.eval.benchmarks import check_benchmarks, load_benchmarks, score_benchmarks
 from fastgpt.model import GPT
 from fastgpt.ops import autotune_summary
-from fastgpt.train.adapters import prepare_model
+from fastgpt.preflight import check_backends, check_memory
+from fastgpt.progress import progress_bar
 from fastgpt.train.checkpointer import Checkpointer, TrainingError
 from fastgpt.train.distributed import DistEnv, shard_fsdp, sum_across_ranks, wrap_ddp
+from fastgpt.train.freeze import prepare_model
 from fastgpt.train.init_from import initial_weights
 from fastgpt.train.metrics import MetricsLog, flops_utilization, open_wandb, step_summary
 from fastgpt.train.objectives import Objective, estimate_losses, model_vocab_size
 from fastgpt.train.optimizer import build_grad_scaler, build_optimizer
 from fastgpt.train.precision import resolve_auto_dtype
-from fastgpt.train.preflight import check_backends, check_memory
 from fastgpt.train.schedule import make_scheduler
 
 MAX_NONFINITE_IN_A_ROW = 5

@@ -14,10 +14,10 @@ import pytest
 import torch
 from tiny_run import SMALL, WORDS, tiny
 
+from fastgpt.checkpoint import load
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.eval.evaluate import evaluate_loss
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load
 
 TINY = tiny(*SMALL, "train.batch_size=4", "train.eval_iters=2", "train.log_interval=1", "optim.warmup_iters=2",
             "optim.lr=0.01", drop=("train.device", "train.max_iters"))

@@ -15,11 +15,11 @@ import torch
 from malicious import Payload
 from tiny_run import CORPUS, tiny_args
 
+from fastgpt.checkpoint import load, resolve_checkpoint
 from fastgpt.data.prepare import PreparedData
 from fastgpt.eval import evaluate as eval_mod
 from fastgpt.eval.evaluate import evaluate_loss
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load, resolve_checkpoint
 
 
 def _prepared(cache: Path) -> PreparedData:

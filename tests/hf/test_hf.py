@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastgpt.checkpoint import load
 from fastgpt.hf import export as export_mod
 from fastgpt.hf.convert import hf_architecture
 from fastgpt.hf.tokenizer_files import transformers_tokenizer
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizers import build_tokenizer
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load
 
 transformers = pytest.importorskip("transformers")
 AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer

@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from fastgpt import GPT, GPTConfig
+from fastgpt.checkpoint import CheckpointError, load, resolve_checkpoint
 from fastgpt.tokenizers import build_tokenizer
-from fastgpt.train.checkpoint import CheckpointError, load, load_state, resolve_checkpoint, save_checkpoint
+from fastgpt.train.checkpoint import load_state, save_checkpoint
 
 CFG = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8)
 

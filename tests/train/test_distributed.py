@@ -25,8 +25,9 @@ import torch
 import torch.distributed as dist
 from tiny_run import SMALL, tiny, word_corpus
 
+from fastgpt.checkpoint import is_sharded, load, resolve_checkpoint
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import is_sharded, load, load_state, resolve_checkpoint
+from fastgpt.train.checkpoint import load_state
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 from tiny_run import tiny, word_corpus
 
+from fastgpt.checkpoint import load, resolve_checkpoint
 from fastgpt.model import GPT
+from fastgpt.run_dir import CKPT_NAME, RECORD
 from fastgpt.train import checkpoint
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load, load_state, resolve_checkpoint
-from fastgpt.train.run_dir import CKPT_NAME, RECORD
+from fastgpt.train.checkpoint import load_state
 
 TINY = tiny("train.batch_size=4", "train.log_interval=1", "optim.lr=0.01", drop=("train.max_iters",))
 
@@ -64,7 +65,8 @@ def straight(corpus: Path) -> list[dict]:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from fastgpt.train import checkpoint, run_dir
+from fastgpt.train import checkpoint
+from fastgpt import run_dir
 from fastgpt.train import cli as train
 from fastgpt.__main__ import run
 

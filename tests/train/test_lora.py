@@ -11,13 +11,13 @@ import torch
 import yaml
 from tiny_run import interrupt_during_step
 
+from fastgpt.adapters import ADAPTERS
+from fastgpt.checkpoint import CheckpointError, load, resolve_checkpoint
 from fastgpt.config import load_config
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.nn.lora import LoRALinear
 from fastgpt.tokenizers import CharTokenizer
 from fastgpt.train import cli as train_mod
-from fastgpt.train.adapters import ADAPTERS
-from fastgpt.train.checkpoint import CheckpointError, load, resolve_checkpoint
 
 WORDS = "the king and queen of the castle walk by night to see a ghost upon the wall".split()
 TARGETS = "[attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj]"

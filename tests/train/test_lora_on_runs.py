@@ -16,6 +16,8 @@ from safetensors.torch import load_file, save_file
 from tiny_run import interrupt_during_step, tiny_args
 
 from fastgpt import generate as generate_mod
+from fastgpt.adapters import ADAPTERS
+from fastgpt.checkpoint import load, read_config, resolve_checkpoint
 from fastgpt.config import load_config
 from fastgpt.data.prepare import PreparedData
 from fastgpt.eval import evaluate as eval_mod
@@ -24,8 +26,6 @@ from fastgpt.hf import export as export_mod
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.nn.lora import LoRALinear, add_lora, merge_lora
 from fastgpt.train import cli as train_mod
-from fastgpt.train.adapters import ADAPTERS
-from fastgpt.train.checkpoint import load, read_config, resolve_checkpoint
 
 TARGETS = "train.lora_targets=[attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj]"
 

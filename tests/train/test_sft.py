@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from fastgpt import generate as generate_mod
+from fastgpt.checkpoint import load, resolve_checkpoint
 from fastgpt.data.chat_template import ChatTemplate
 from fastgpt.generate import generate, generate_batch
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import load, resolve_checkpoint
 
 LETTERS = "abcdefghij"
 # a 2-layer char model in fp32 (train.dtype=auto picks by timing: two runs could differ); an example

@@ -14,10 +14,10 @@ import torch
 from tiny_run import SMALL, interrupt_during_step, tiny, word_corpus
 
 import fastgpt
+from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.generate import generate
 from fastgpt.optim import FusedAdamW
 from fastgpt.train import cli as train_mod
-from fastgpt.train.checkpoint import resolve_checkpoint
 
 TINY = tiny(*SMALL, "train.batch_size=4", "train.eval_iters=2", "train.log_interval=1", "optim.warmup_iters=2",
             "optim.lr=0.01", drop=("train.device", "train.max_iters"))

@@ -1,14 +1,11 @@
-"""Fine-tuning set-up and the weights a run saves: ``train.freeze``, and LoRA runs that save adapters only.
-
-``prepare_model`` applies ``train.freeze`` (``fastgpt.train.freeze``) or ``train.lora_rank``
-(``fastgpt.nn.lora``) to a freshly built model, before its optimizer is made.
+"""LoRA checkpoints: a LoRA run (``train.lora_rank``, ``fastgpt.nn.lora``) saves its adapters only.
 
 A LoRA checkpoint holds ``adapters.safetensors`` instead of ``model.safetensors``: the adapters'
 tensors, and in the file's metadata the SHA-256 of the base weights they were trained on
 (``base_sha256``: every parameter but the adapters, by name, dtype, shape and bytes). Its
 config.yaml names the base (``train.init_from``: ``hf:PATH_OR_HUB_ID``, or the absolute path of the
 fastgpt checkpoint folder a run on a fastgpt run adapts) and the LoRA settings. ``fastgpt.load``
-rebuilds the base from there (``hf_base`` here, ``fastgpt.train.checkpoint.lora_base`` for a fastgpt
+rebuilds the base from there (``hf_base`` here, ``fastgpt.checkpoint.lora_base`` for a fastgpt
 base, read wherever it lies: its config.yaml and model.safetensors, data, never code), and
 ``merge_into`` refuses it if its weights hash differently (a changed base), loads the adapters and
 merges them: generate, eval and export get a plain model. A Hugging Face base folder is read only
@@ -30,17 +27,8 @@ from fastgpt.messages import cut
 from fastgpt.model import GPT
 from fastgpt.nn.lora import ADAPTER_SUFFIXES, LoRALinear, adapter_state, add_lora, merge_lora
 from fastgpt.tokenizers import Tokenizer
-from fastgpt.train.freeze import freeze
 
 ADAPTERS = "adapters.safetensors"
-
-
-def prepare_model(model: GPT, cfg: TrainConfig) -> None:
-    """Freeze ``cfg.freeze``'s parameters, or add ``cfg.lora_*`` adapters (freezing the rest)."""
-    if cfg.freeze:
-        freeze(model, cfg.freeze)
-    if cfg.lora_rank:
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
 
 
 def has_adapters(model: torch.nn.Module) -> bool:
@@ -115,7 +103,7 @@ def lora_settings(ckpt: Path, config: dict[str, Any]) -> TrainConfig:
 
 def hf_base(init_from: str, model_cfg: dict[str, Any], device: str | torch.device) -> GPT:
     """The Hugging Face base a LoRA checkpoint names (``hf:PATH_OR_HUB_ID``), on ``device``; a local base
-    folder is read only inside the current folder. (A fastgpt base: ``fastgpt.train.checkpoint``.)"""
+    folder is read only inside the current folder. (A fastgpt base: ``fastgpt.checkpoint.lora_base``.)"""
     name = init_from.removeprefix("hf:")
     path = Path(name).expanduser()
     if path.exists() and not path.resolve().is_relative_to(Path.cwd().resolve()):

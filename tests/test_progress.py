@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fastgpt.data.progress import progress_bar
+from fastgpt.progress import progress_bar
 
 
 class _Terminal(io.StringIO):
