@@ -22,6 +22,11 @@ The update scale ``max(1, rows / cols) ** 0.5`` is Muon's own (modded-nanogpt), 
 ``0.2 * sqrt(max(rows, cols))`` that matches AdamW's update RMS: ``optim.muon_lr``'s default, 0.02, is the
 rate tuned for this scale, and it keeps Muon's rate separate from AdamW's ``optim.lr``.
 
+``distributed=True`` (DDP: every rank holds the same gradients, as after DDP's all-reduce): each rank runs
+Newton–Schulz for its share of the matrices (the largest first, dealt round the ranks) and broadcasts the
+results, as modded-nanogpt does; every rank keeps every momentum buffer (an elementwise update), so the
+steps and the state equal one process's. Every rank must then call ``step`` together.
+
 Limits: 2-D parameters only (any other shape is refused when the optimizer is built: biases and norm
 gains go to AdamW, as ``optim.name=muon`` does); dense gradients only. The iteration runs in ``ns_dtype``:
 bf16 on CUDA, fp32 elsewhere (a CPU's bf16 matmuls are often emulated, slower than fp32); the momentum
@@ -34,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 # Keller Jordan's quintic Newton–Schulz coefficients (modded-nanogpt's Muon)
@@ -68,7 +74,8 @@ class Muon(torch.optim.Optimizer):
 
     Group keys: ``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``ns_steps``. State per parameter:
     ``momentum_buffer`` (the parameter's shape and dtype). ``ns_dtype``: the Newton–Schulz iteration's
-    dtype, None for bf16 on CUDA and fp32 elsewhere.
+    dtype, None for bf16 on CUDA and fp32 elsewhere. ``distributed``: share the iterations over the ranks
+    of the default process group (see the module docstring).
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 5,
         *,
         ns_dtype: torch.dtype | None = None,
+        distributed: bool = False,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Muon: invalid learning rate {lr!r} (must be >= 0)")
@@ -92,7 +100,7 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"Muon: ns_steps must be a positive integer, got {ns_steps!r}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps)
         super().__init__(params, defaults)
-        self.ns_dtype = ns_dtype
+        self.ns_dtype, self.distributed = ns_dtype, distributed
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -107,11 +115,15 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if self.distributed else (1, 0)
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            # the largest matrices first, dealt round the ranks: each rank orthogonalizes its share
+            order = sorted(range(len(params)), key=lambda i: -params[i].numel())
+            owner = {i: j % world for j, i in enumerate(order)}
+            updates, pending = [], []
+            for i, p in enumerate(params):
                 g = p.grad
                 if g.is_sparse:
                     raise ValueError("Muon does not support sparse gradients")
@@ -120,10 +132,19 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g)
-                m = g.add(buf, alpha=mu) if group["nesterov"] else buf
-                dtype = self.ns_dtype or (torch.bfloat16 if p.is_cuda else torch.float32)
-                o = newton_schulz(m, group["ns_steps"], dtype)
+                if owner[i] == rank:
+                    m = g.add(buf, alpha=mu) if group["nesterov"] else buf
+                    dtype = self.ns_dtype or (torch.bfloat16 if p.is_cuda else torch.float32)
+                    o = newton_schulz(m, group["ns_steps"], dtype).to(p.dtype)
+                else:
+                    o = torch.empty_like(p)
+                if world > 1:
+                    pending.append(dist.broadcast(o, src=owner[i], async_op=True))
+                updates.append(o)
+            for work in pending:
+                work.wait()
+            for p, o in zip(params, updates):
                 if wd:
                     p.mul_(1.0 - lr * wd)
-                p.add_(o.to(p.dtype), alpha=-lr * update_scale(p.shape))
+                p.add_(o, alpha=-lr * update_scale(p.shape))
         return loss

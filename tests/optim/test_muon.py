@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -208,3 +210,54 @@ def test_non_matrices_are_refused_naming_their_shape(shape: tuple[int, ...]) -> 
 def test_bad_hyperparameters_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Muon([torch.zeros(3, 3, requires_grad=True)], **kwargs)
+
+
+# --- two ranks (gloo): each orthogonalizes its share, the steps equal one process's ---------------
+
+RANK_SHAPES = [*STEP_SHAPES, (4, 4)]
+# each rank runs this (torchrun); SHAPES is RANK_SHAPES
+TWO_RANKS = '''
+import sys, torch, torch.distributed as dist
+import fastgpt.optim.muon as muon
+from fastgpt.optim import Muon
+dist.init_process_group("gloo")
+computed = []
+ns = muon.newton_schulz
+muon.newton_schulz = lambda G, *a: computed.append(tuple(G.shape)) or ns(G, *a)
+g = torch.Generator().manual_seed(0)
+params = [torch.randn(s, generator=g).requires_grad_() for s in SHAPES]
+opt = Muon(params, lr=0.05, momentum=0.9, weight_decay=0.1, distributed=True)
+for step in range(3):
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)  # the same on both ranks, as after DDP's all-reduce
+    opt.step()
+torch.save({"params": [p.detach() for p in params], "computed": computed, "state": opt.state_dict()},
+           f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs gloo")
+def test_two_ranks_share_the_iterations_and_step_like_one_process(tmp_path) -> None:
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS.replace("SHAPES", repr(RANK_SHAPES)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=g).requires_grad_() for s in RANK_SHAPES]
+    opt = Muon(params, lr=0.05, momentum=0.9, weight_decay=0.1)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    for rank in ranks:
+        assert all(torch.equal(a, b) for a, b in zip(rank["params"], params))
+        assert all(torch.equal(rank["state"]["state"][i]["momentum_buffer"], opt.state[p]["momentum_buffer"])
+                   for i, p in enumerate(params))
+    # each matrix orthogonalized once a step, on one rank: the 7 split 4 + 3 (largest first, dealt in turn)
+    mine = [r["computed"] for r in ranks]
+    assert len(mine[0]) == 3 * 4 and len(mine[1]) == 3 * 3 and not set(mine[0]) & set(mine[1])
+    assert sorted(mine[0] + mine[1]) == sorted(RANK_SHAPES * 3)
