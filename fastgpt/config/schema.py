@@ -8,6 +8,7 @@ section runs first, and listed by ``--help``); ``__post_init__`` keeps the check
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import types
@@ -196,10 +197,15 @@ class TrainConfig:
             raise ValueError(f"train.freeze must be a list of non-empty glob patterns, got {cut(self.freeze)}")
 
 
+OPTIMIZERS = ("adamw", "fused_adamw", "sgd", "muon")  # fastgpt.train.optimizer
+
+
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | fused_adamw | sgd ("adamw" uses the fused kernels when available)
-    lr: float = 1e-3  # peak learning rate
+    # adamw | fused_adamw | sgd | muon ("adamw" uses the fused kernels when available; "muon": Muon for the
+    # blocks' weight matrices, AdamW for the rest)
+    name: str = "adamw"
+    lr: float = 1e-3  # peak learning rate (optim.name=muon: AdamW's, for embeddings, head, norms, biases)
     min_lr: float = 1e-4  # floor of the cosine and linear schedules
     weight_decay: float = 0.1  # on matrices and embeddings only, never on biases or norms
     beta1: float = 0.9
@@ -210,9 +216,14 @@ class OptimConfig:
     lr_decay_iters: int | None = None  # None = the run's length
     step_size: int = 1000  # step scheduler: decay every N iterations
     gamma: float = 0.1  # step scheduler: multiply the lr by this every step_size steps
+    # optim.name=muon (fastgpt.optim.Muon); its lr follows the same schedule, floor min_lr * muon_lr / lr
+    muon_lr: float = 0.02  # peak learning rate of the Muon matrices
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per step
 
     def __post_init__(self) -> None:
-        _choice("optim.name", self.name, ("adamw", "fused_adamw", "sgd"))
+        _choice("optim.name", self.name, OPTIMIZERS)
         _choice("optim.scheduler", self.scheduler, ("cosine", "linear", "step", "constant"))
         check_ranges(self, "optim")
 
@@ -338,6 +349,8 @@ RANGES: dict[str, dict[str, Range]] = {
         "lr_decay_iters": AT_LEAST_1,  # None = the run's length
         "step_size": AT_LEAST_1,
         "gamma": Range(0, 1, low_open=True),  # a decay: beyond 1, gamma ** steps overflows
+        "muon_lr": POSITIVE, "muon_momentum": FRACTION,
+        "muon_ns_steps": Range(1, limit=100),  # 5 suffice; each costs three matmuls per matrix
     },
     "eval": {"num_samples": AT_LEAST_1},
 }
@@ -416,6 +429,9 @@ class Config:
             raise ValueError("model.causal=false with train.objective=next_token leaks the targets: a bidirectional "
                              "model sees the token it predicts; use train.objective=next_token_mlm or "
                              "model.causal=true")
+        if self.optim.name == "muon" and self.train.parallel == "fsdp":
+            raise ValueError("optim.name=muon does not run with train.parallel=fsdp (Muon orthogonalizes whole "
+                             "matrices, which FSDP shards); use train.parallel=ddp")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -426,7 +442,9 @@ class Config:
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={cut(value)} is not one of {', '.join(allowed)}")
+        near = difflib.get_close_matches(value, allowed, n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ValueError(f"{name}={cut(value)} is not one of {', '.join(allowed)}{hint}")
 
 
 def folder_error(setting: str, value: str, exc: OSError) -> ValueError:

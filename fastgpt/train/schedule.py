@@ -30,5 +30,16 @@ def lr_factor(it: int, cfg: OptimConfig, total_iters: int) -> float:
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_iters: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR following :func:`lr_factor` (its state_dict resumes exactly)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, total_iters))
+    """A LambdaLR following :func:`lr_factor` (its state_dict resumes exactly), each param group at its own
+    peak rate: the rate the optimizer was built with (``optim.name=muon``: ``muon_lr`` for Muon's group,
+    ``lr`` for AdamW's).
+
+    Every group's base rate is ``cfg.lr`` and its lambda carries the group's ratio to it, because a resumed
+    run sets every base to its ``optim.lr`` (``Checkpointer._continue_schedule``): the ratio, taken from this
+    run's config, keeps each group at its own rate.
+    """
+    ratios = [group["lr"] / cfg.lr for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr  # LambdaLR's base (initial_lr); the first step sets ratio * factor * base
+    lambdas = [lambda it, r=r: r * lr_factor(it, cfg, total_iters) for r in ratios]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

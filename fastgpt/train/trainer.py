@@ -86,7 +86,8 @@ class Trainer:
             m = self.cfg.model  # blocks sharing a module cannot be sharded one by one: then only the root is
             tied = m.tie_ffn_across_layers or m.tie_attn_proj_across_layers
             shard_fsdp(self.model, [] if tied else list(self.model.blocks), dtype, env)
-        self.optimizer = build_optimizer(self.model, cfg.optim, env.device, fsdp=self.fsdp)
+        self.optimizer = build_optimizer(self.model, cfg.optim, env.device, fsdp=self.fsdp, say=self._say,
+                                         ddp=env.distributed and not self.fsdp)
         self.total_iters = self._total_iters()
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, self.total_iters)
         # FSDP's mixed-precision policy casts the weights itself; elsewhere autocast does
