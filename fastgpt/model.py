@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from fastgpt.config import GPTConfig
 from fastgpt.nn.attention import KVCache, SelfAttention
+from fastgpt.nn.dropout import Dropout
 from fastgpt.nn.mlp import MLP, GatedMLP
 from fastgpt.nn.norm import AddNorm
 from fastgpt.nn.positions import POSITION_ENCODINGS, PositionEncoding
@@ -111,7 +112,7 @@ class GPT(nn.Module):
         # the position encoding: adds to the token embeddings and/or rotates every layer's q, k.
         # Named wpe for every kind so learned positions keep GPT-2's state-dict key wpe.weight
         self.wpe = POSITION_ENCODINGS[config.pos_encoding](config)
-        self.emb_dropout = nn.Dropout(config.embedding_dropout)
+        self.emb_dropout = Dropout(config.embedding_dropout)
         # tied sublayers are the same module object in every block (one set of parameters)
         shared_attn = _attention(config, self.wpe) if config.tie_attn_proj_across_layers else None
         shared_ffn = _ffn(config) if config.tie_ffn_across_layers else None
@@ -120,7 +121,7 @@ class GPT(nn.Module):
             for _ in range(config.n_layer)
         )
         self.ln_f = _add_norm(config) if config.lm_head_norm else None
-        self.head_dropout = nn.Dropout(config.lm_head_dropout)
+        self.head_dropout = Dropout(config.lm_head_dropout)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgpt.nn.dropout import Dropout, attention_with_dropout
 from fastgpt.ops import flash_attention
 
 # (q, k, start) -> (q, k) rotated as if their first token sat at position start (a PositionEncoding.rotate)
@@ -61,7 +61,7 @@ class SelfAttention(nn.Module):
         # one projection for q, k and v: (n_head + 2 * n_kv_head) heads of head_dim
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C). With ``cache`` (this layer's), x holds the T positions after
@@ -77,12 +77,11 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, Hkv, pos + T, hd)
         if self.training and self.attn_dropout > 0:
-            # the kernels have no dropout: SDPA does it (K/V expanded for GQA)
+            # the kernels have no dropout: SDPA does it, or on the CPU the same math with a faster mask
+            # (K/V expanded for GQA)
             rep = self.n_head // self.n_kv_head
-            y = F.scaled_dot_product_attention(
-                q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
-                dropout_p=self.attn_dropout, is_causal=self.causal,
-            )
+            y = attention_with_dropout(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                       self.attn_dropout, self.causal)
         else:
             y = flash_attention(q, k, v, causal=self.causal, backend=self.backend)  # (B, Hq, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgpt.nn.dropout import Dropout
+
 # the projections LoRA may adapt, by module-name suffix (fastgpt.nn.attention, fastgpt.nn.mlp)
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "mlp.gate", "mlp.up", "mlp.down")
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
@@ -36,7 +38,7 @@ class LoRALinear(nn.Linear):
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear initializes its weight
         self.scale = alpha / rank
-        self.lora_dropout = nn.Dropout(dropout)
+        self.lora_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in) -> (..., out)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fastgpt.nn.dropout import Dropout
+
 ACTIVATIONS = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -32,7 +34,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(dim, hidden, bias=bias)
         self.act = make_activation(activation)
         self.c_proj = nn.Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -48,7 +50,7 @@ class GatedMLP(nn.Module):
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.act = make_activation(activation)
         self.down = nn.Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.down(self.act(self.gate(x)) * self.up(x)))
