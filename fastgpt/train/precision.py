@@ -11,8 +11,10 @@ copied back, the random streams are forked, and the data cursor never moves.
 The choice replaces ``auto`` in the run's config, so the saved config (and a resumed run) names the
 dtype it trained in. It is cached per (device name, model config, trained parameters, batch, optimizer, torch version)
 in ``$FASTGPT_CACHE_DIR/dtype/`` (default ``~/.cache/fastgpt``): a file only ever parsed as JSON and
-checked, ignored when it is not what a choice looks like. A toy model (feed-forward matmuls under
-``MIN_FLOPS``) is bound by call overheads, gains nothing from bf16 and is not measured.
+checked, ignored when it is not what a choice looks like. A model whose step is slow (longer than
+``STEP_S`` with the whole batch) is timed on fewer rows of its batch, so that measuring takes seconds.
+A toy model (feed-forward matmuls under ``MIN_FLOPS``) is bound by call overheads, gains nothing from
+bf16 and is not measured.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,6 +43,7 @@ MIN_FLOPS = 1e7  # a feed-forward matmul smaller than this (per micro-batch) mar
 WARMUP = 1  # untimed steps per candidate (the first allocates, and autocast fills its caches)
 MIN_ROUNDS, MAX_ROUNDS = 3, 7  # timed steps per candidate
 BUDGET_S = 3.0  # no new round starts once the timed steps took this long in all
+STEP_S = BUDGET_S / 8  # a timed step longer than this is timed on fewer rows of the batch (``timed_rows``)
 DROP = 2.0  # a candidate whose best step is this many times fp32's has lost: timed no more
 MAX_BYTES = 4096  # a cache file larger than this is not one we wrote
 
@@ -96,12 +100,12 @@ def measure(step_time: StepTimer, names: list[str], budget_s: float = BUDGET_S) 
     return times
 
 
-def timed(run: Callable[[str], None], device: torch.device) -> StepTimer:
-    """A StepTimer: the seconds ``run(name)`` takes on ``device``."""
-    def step_time(name: str) -> float:
+def timed(run: Callable[[Any], None], device: torch.device) -> Callable[[Any], float]:
+    """The seconds ``run(arg)`` takes on ``device``, as a function of ``arg`` (a StepTimer for a dtype's name)."""
+    def step_time(arg: Any) -> float:
         synchronize(device)
         start = time.perf_counter()
-        run(name)
+        run(arg)
         synchronize(device)
         return time.perf_counter() - start
 
@@ -122,8 +126,10 @@ def _untouched(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
                 p.grad = None
 
 
-def step_runner(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: bool) -> Callable[[str], None]:
-    """``run(dtype)``: one training step of ``model`` in ``dtype`` on random tokens of the run's batch."""
+def step_runner(cfg: Config, model: torch.nn.Module, device: torch.device,
+                fsdp: bool) -> Callable[[str, int], None]:
+    """``run(dtype, rows)``: one training step of ``model`` in ``dtype`` on random tokens, ``rows`` of the
+    run's batch (at most its batch size)."""
     m, t = cfg.model, cfg.train
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, m.vocab_size, (t.batch_size, m.block_size), generator=g).to(device)
@@ -131,11 +137,11 @@ def step_runner(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp:
     optimizer = None if fsdp else build_optimizer(model, cfg.optim, device)
     scalers = {name: build_grad_scaler(device, getattr(torch, name)) for name in candidates(device)}
 
-    def run(name: str) -> None:
+    def run(name: str, rows: int) -> None:
         dtype = getattr(torch, name)
         autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         with autocast:
-            _, loss = model(x, y)
+            _, loss = model(x[:rows], y[:rows])
         scalers[name].scale(loss).backward()
         if optimizer is not None:
             scalers[name].step(optimizer)
@@ -145,6 +151,16 @@ def step_runner(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp:
             model.zero_grad(set_to_none=True)
 
     return run
+
+
+def timed_rows(step_time: Callable[[int], float], batch: int, step_s: float) -> int:
+    """How many rows of the batch to time each step with: all of them, unless a step would take longer
+    than ``step_s``; then as many as fit in it, by the time ``step_time(1)`` takes with one row (its
+    second call: the first allocates). Each candidate then takes a few seconds, not minutes, on a model
+    whose steps are slow (a 10M model's batch of 64 x 256 tokens took 9 s a step on 2 CPU cores)."""
+    step_time(1)
+    one = step_time(1)
+    return max(1, min(batch, int(step_s / max(one, 1e-9))))
 
 
 def cache_file(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: bool) -> Path:
@@ -191,16 +207,21 @@ def pick_dtype(cfg: Config, model: torch.nn.Module, device: torch.device, fsdp: 
     file = cache_file(cfg, model, device, fsdp)
     if timer is None and (kept := _cached(file, names)) is not None:
         return kept[0], f"train.dtype=auto: {why(*kept)}; cached in {file}"
-    start = time.perf_counter()
+    start, batch = time.perf_counter(), cfg.train.batch_size
+    rows = batch
     if timer is not None:
         times = measure(timer, names)
     else:
         with _untouched(model, device):
-            times = measure(timed(step_runner(cfg, model, device, fsdp), device), names)
-    choice, rates = choose(times, cfg.train.batch_size * cfg.model.block_size)
+            run = step_runner(cfg, model, device, fsdp)
+            rows = timed_rows(timed(lambda n: run("float32", n), device), batch, STEP_S)
+            times = measure(timed(lambda name: run(name, rows), device), names)
+    choice, rates = choose(times, rows * cfg.model.block_size)
     if timer is None:
         _store(file, choice, rates)
-    return choice, f"train.dtype=auto: {why(choice, rates)}; measured in {time.perf_counter() - start:.1f} s"
+    part = f" on {rows} of the batch's {batch} rows" if rows < batch else ""
+    return choice, (f"train.dtype=auto: {why(choice, rates)}; measured in "
+                    f"{time.perf_counter() - start:.1f} s{part}")
 
 
 def resolve_auto_dtype(cfg: Config, model: torch.nn.Module, env: DistEnv, fsdp: bool = False,

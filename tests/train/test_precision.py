@@ -78,6 +78,19 @@ def test_short_steps_take_more_rounds_and_a_hopeless_candidate_is_dropped() -> N
     assert "bf16 " in line  # its speed is still reported
 
 
+def test_a_slow_step_is_timed_on_fewer_rows_of_the_batch() -> None:
+    calls = []
+
+    def step_time(rows: int) -> float:  # 0.2 s a row (and a slow first call, which allocates)
+        calls.append(rows)
+        return 5.0 if len(calls) == 1 else 0.2 * rows
+
+    assert precision.timed_rows(step_time, 64, 0.375) == 1 and calls == [1, 1]
+    assert precision.timed_rows(lambda rows: 0.01 * rows, 64, 0.375) == 37
+    assert precision.timed_rows(lambda rows: 1e-4 * rows, 64, 0.375) == 64  # fast: the whole batch
+    assert precision.timed_rows(lambda rows: 9.0, 64, 0.375) == 1  # never fewer than one row
+
+
 def test_a_toy_model_or_a_device_without_candidates_is_not_measured() -> None:
     calls = []
     tiny = load_config(None, ["model.n_embd=16", "model.n_head=2", "model.block_size=16", "train.batch_size=2"])
