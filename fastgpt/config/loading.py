@@ -36,7 +36,7 @@ RESUME_CHANGEABLE: dict[str, tuple[str, ...] | str] = {
     "train": ("out_dir", "batch_size", "grad_accum_steps", "max_iters", "epochs", "eval_interval", "eval_iters",
               "log_interval", "ckpt_interval", "keep_checkpoints", "sample_tokens", "device", "compile", "grad_clip",
               "overwrite"),
-    "optim": ("lr", "min_lr", "scheduler", "warmup_iters", "lr_decay_iters", "step_size", "gamma"),
+    "optim": ("lr", "min_lr", "muon_lr", "scheduler", "warmup_iters", "lr_decay_iters", "step_size", "gamma"),
     "eval": "*",
     "logging": "*",
 }

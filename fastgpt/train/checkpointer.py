@@ -115,9 +115,10 @@ class Checkpointer:
         if self.saved_iter is None:
             return f"nothing was saved; try a lower optim.lr (now {lr:g}) or more warmup"
         name = f"ckpt-{self.saved_iter:06d}"
+        muon = f" optim.muon_lr={self.cfg.optim.muon_lr / 10:g}" if self.cfg.optim.name == "muon" else ""
         return (f"continue from {name}, its last checkpoint with finite weights, with a lower optim.lr (now "
                 f"{lr:g}) or more optim.warmup_iters: python -m fastgpt.train --resume={name} "
-                f"train.out_dir={shlex.quote(str(self.out_dir))} optim.lr={lr / 10:g}")
+                f"train.out_dir={shlex.quote(str(self.out_dir))} optim.lr={lr / 10:g}{muon}")
 
     def resume(self, which: str = "latest", allow_pickle: bool = False) -> tuple[str, dict[str, Any], str | None]:
         """Load the ``which`` checkpoint (latest, best, or ckpt-NNNNNN) into the model, optimizer,

@@ -140,6 +140,28 @@ def test_resume_with_a_new_lr_keeps_muons_own_rate(tmp_path: Path, words: Path,
     assert seen["rates"] == pytest.approx([0.004 * factor] * 2 + [0.02 * factor], rel=1e-12)
 
 
+def test_resume_may_lower_muons_rate(tmp_path: Path, words: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """optim.muon_lr may change on --resume (what the divergence message suggests, beside optim.lr)."""
+    train_mod.main(_args(tmp_path, words, "train.max_iters=4", "train.eval_interval=4"))
+    seen = {}
+    monkeypatch.setattr(train_mod.Trainer, "run", lambda self: seen.update(
+        rates=[g["lr"] for g in self.optimizer.param_groups], cfg=self.cfg.optim))
+    train_mod.main(["--resume", *_args(tmp_path, words, "train.max_iters=8", "optim.muon_lr=0.005")])
+    factor = lr_factor(4, seen["cfg"], 8)
+    assert seen["rates"] == pytest.approx([seen["cfg"].lr * factor] * 2 + [0.005 * factor], rel=1e-12)
+
+
+def test_the_divergence_advice_lowers_both_rates() -> None:
+    from types import SimpleNamespace
+
+    from fastgpt.config import load_config
+    from fastgpt.train.checkpointer import Checkpointer
+
+    cfg = load_config(None, ["optim.name=muon", "optim.lr=0.01", "optim.muon_lr=0.02"])
+    line = Checkpointer.recovery(SimpleNamespace(cfg=cfg, saved_iter=4, out_dir="out/x"))
+    assert line.endswith("--resume=ckpt-000004 train.out_dir=out/x optim.lr=0.001 optim.muon_lr=0.002"), line
+
+
 def test_frozen_blocks_stay_bit_identical(tmp_path: Path, words: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kept = {}
     run = train_mod.Trainer.run
