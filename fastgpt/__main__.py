@@ -12,10 +12,9 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from fastgpt.messages import cut, cut_path
+from fastgpt.messages import LONGEST_ERROR, cut, cut_path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
-LONGEST_ERROR = 1000  # characters of an error line; a longer one keeps its start and end (fastgpt.messages.cut)
 
 # command -> (module holding its main(argv), what it does)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -34,7 +34,7 @@ import torch
 
 from fastgpt.data.chat_template import ChatTemplate
 from fastgpt.device import resolve_device
-from fastgpt.messages import cut, cut_path
+from fastgpt.messages import ArgumentParser, cut, cut_path
 from fastgpt.model import GPT
 from fastgpt.output import check_output, write_output
 
@@ -104,7 +104,7 @@ def generate_batch(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastgpt.generate", description="Sample text from a checkpoint.")
+    p = ArgumentParser(prog="python -m fastgpt.generate", description="Sample text from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir or a ckpt-* folder")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
     p.add_argument("--chat", action="store_true",

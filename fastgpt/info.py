@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import platform
 
 import torch
 
+from fastgpt.messages import ArgumentParser
 from fastgpt.ops import _autotune_cache
 from fastgpt.ops._backend import available_backends, triton_interpreted
 
@@ -57,7 +57,7 @@ def _autotune_lines(device: torch.device) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     about = "Print versions, devices, and which op backends are usable (and why not)."
-    argparse.ArgumentParser(prog="python -m fastgpt info", description=about).parse_args(argv)
+    ArgumentParser(prog="python -m fastgpt info", description=about).parse_args(argv)
     print(report())
     return 0
 

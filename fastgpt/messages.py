@@ -3,7 +3,10 @@ file's content) can be a megabyte long, and an error line should stay one readab
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from typing import Any, NoReturn
+
+LONGEST_ERROR = 1000  # characters of an error line; a longer one keeps its start and end
 
 
 def cut(value: Any, keep: int = 80, quote: bool = True) -> str:
@@ -23,3 +26,12 @@ def cut_path(path: Any) -> str:
     """``repr(str(path))``, cut as ``cut`` does but only past 300 characters: a path a user typed is shown
     whole, and a megabyte one (never a real file) is not."""
     return cut(str(path), 300)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose error line (an invalid choice, a bad number) is cut to
+    ``LONGEST_ERROR`` characters: argparse quotes the value given, whatever its length."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage()
+        self.exit(2, f"{self.prog}: error: {cut(message, LONGEST_ERROR, quote=False)}\n")

@@ -9,6 +9,8 @@ the value whole fails here even though the last-resort cut would shorten it.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,9 @@ from tiny_run import tiny_args
 
 from fastgpt import __main__ as top
 from fastgpt import generate as generate_mod
-from fastgpt.__main__ import LONGEST_ERROR, run
+from fastgpt.__main__ import run
 from fastgpt.eval import evaluate as eval_mod
-from fastgpt.messages import cut
+from fastgpt.messages import LONGEST_ERROR, cut
 from fastgpt.train import cli as train_mod
 
 BIG = "x" * 1_000_000
@@ -108,3 +110,17 @@ def test_cut_keeps_short_values_as_repr() -> None:
     assert cut("cuda:0") == "'cuda:0'" and cut(3) == "3" and cut(["a", 1]) == "['a', 1]"
     assert cut("a" * 100) == f"{'a' * 40!r}...{'a' * 20!r} (100 chars)"
     assert cut(["a" * 100]) == f"{str(['a' * 100])[:40]}...{str(['a' * 100])[-20:]} (104 chars)"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--recipe", "x" * 100_000],
+    ["generate", "--checkpoint", "c", "--max_new_tokens", "9" * 100_000 + "x"],
+    ["eval", "--checkpoint", "c", "--dtype", "y" * 100_000],
+], ids=["train-choice", "generate-int", "eval-choice"])
+def test_argparse_errors_are_cut_too(argv: list[str], tmp_path: Path) -> None:
+    """argparse's own error lines quote the value given, at any length (100,000: one argument's limit is 128 KiB)."""
+    done = subprocess.run([sys.executable, "-m", "fastgpt", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "error:" in line and len(line) < 1100 and "chars)" in line, line[:300]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from fastgpt.device import resolve_device
 from fastgpt.eval.bits_per_byte import TokenLengths, bits_per
-from fastgpt.messages import cut
+from fastgpt.messages import ArgumentParser, cut
 from fastgpt.model import GPT
 from fastgpt.output import check_output, write_output
 from fastgpt.progress import progress_bar
@@ -143,7 +143,7 @@ def format_table(results: dict[str, dict[str, float | int]]) -> str:
 def _parser() -> argparse.ArgumentParser:
     from fastgpt.eval.tasks import TASKS
 
-    p = argparse.ArgumentParser(prog="python -m fastgpt.eval", description="Evaluate a checkpoint.")
+    p = ArgumentParser(prog="python -m fastgpt.eval", description="Evaluate a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
     p.add_argument("--tasks", help=f"comma-separated: {', '.join([VAL_LOSS, *TASKS])}")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",

@@ -9,17 +9,18 @@ Char and byte tokenizers are skipped with a note.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from fastgpt.messages import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
     from fastgpt.checkpoint import load
     from fastgpt.hf.convert import hf_architecture
 
-    p = argparse.ArgumentParser(prog="python -m fastgpt export",
-                                description="Write a checkpoint as a Hugging Face model folder.")
+    p = ArgumentParser(prog="python -m fastgpt export",
+                       description="Write a checkpoint as a Hugging Face model folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its best checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--allow_pickle", action="store_true",

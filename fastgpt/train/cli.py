@@ -29,7 +29,7 @@ from fastgpt.config import (
     read_yaml,
     resume_config,
 )
-from fastgpt.messages import cut_path
+from fastgpt.messages import ArgumentParser, cut_path
 from fastgpt.run_dir import POINTERS, RunLock, checkpoints, holds_run, unsaved_run
 from fastgpt.train.checkpointer import TrainingError
 from fastgpt.train.distributed import collective_failure, setup, teardown
@@ -66,10 +66,10 @@ def _refuse_overwrite(cfg: Config, resume: str | None) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1],
-                                epilog=f"--resume may change {changeable_on_resume()}\n\n"
-                                       "config keys (section.key=default):\n" + config_reference(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(prog="python -m fastgpt.train", description=__doc__.split("\n\n")[1],
+                       epilog=f"--resume may change {changeable_on_resume()}\n\n"
+                              "config keys (section.key=default):\n" + config_reference(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--config", help="a YAML config (default: a built-in recipe, see --recipe)")
     p.add_argument("--recipe", choices=("cpu", "gpu"),
                    help="the built-in Shakespeare recipe used without --config (default: gpu when CUDA is available)")

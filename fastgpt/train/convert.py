@@ -8,13 +8,13 @@ GPU, and holds the whole model in memory; the optimizer state is left out.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from fastgpt.checkpoint import load, read_config, resolve_checkpoint
+from fastgpt.messages import ArgumentParser
 from fastgpt.train.checkpoint import write_files
 
 
@@ -41,8 +41,8 @@ def to_single_file(src: str | Path, out: str | Path, allow_pickle: bool = False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastgpt convert",
-                                description="Write a (sharded) checkpoint as a single-file checkpoint folder.")
+    p = ArgumentParser(prog="python -m fastgpt convert",
+                       description="Write a (sharded) checkpoint as a single-file checkpoint folder.")
     p.add_argument("--checkpoint", required=True, help="a run's out_dir (its latest checkpoint) or a ckpt-* folder")
     p.add_argument("--out", required=True, help="the folder to create")
     p.add_argument("--allow_pickle", action="store_true",
