@@ -63,7 +63,8 @@ def _add_norm(config: GPTConfig) -> AddNorm:
 def _attention(config: GPTConfig, positions: PositionEncoding) -> SelfAttention:
     return SelfAttention(config.n_embd, config.n_head, n_kv_head=config.n_kv_head, bias=config.bias,
                          causal=config.causal, attn_dropout=config.attn_dropout, dropout=config.dropout,
-                         backend=config.attn_backend, rotate=positions.rotate)
+                         backend=config.attn_backend, rotate=positions.rotate, qk_norm=config.qk_norm,
+                         norm_eps=config.norm_eps, norm_backend=config.norm_backend)
 
 
 def _ffn(config: GPTConfig) -> nn.Module:
@@ -78,6 +79,12 @@ def check_token_ids(idx: Tensor, vocab_size: int) -> None:
         first = int(idx[bad][0])
         raise ValueError(f"token id {first} is out of range for this model's vocabulary of {vocab_size} "
                          f"(ids 0..{vocab_size - 1}): were the ids made by another tokenizer?")
+
+
+def softcap(logits: Tensor, cap: float) -> Tensor:
+    """``cap * tanh(logits / cap)``: smooth, about the identity for |logits| << cap, inside (-cap, cap)
+    (Gemma-2's final-logit softcapping; modded-nanogpt). Any shape."""
+    return cap * torch.tanh(logits / cap)
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -163,10 +170,24 @@ class GPT(nn.Module):
 
     # ----------------------------------------------------------------------------- init
     def reset_parameters(self) -> None:
-        """Initialize weights by ``config.init`` (a no-op on the meta device)."""
+        """Initialize weights by ``config.init``, then zero the output projections under
+        ``config.zero_init_proj`` (a no-op on the meta device)."""
         cfg = self.config
-        if cfg.init == "none" or self.wte.weight.is_meta:
+        if self.wte.weight.is_meta:
             return
+        if cfg.init != "none":
+            self._init_scheme()
+        if cfg.zero_init_proj:
+            # after the scheme, whatever it drew: each block then starts as the identity on the residual
+            # stream (modded-nanogpt); the projections' gradient is not zero (their inputs are not)
+            for name, module in self.named_modules():
+                if isinstance(module, nn.Linear) and name.endswith(RESIDUAL_PROJECTIONS):
+                    nn.init.zeros_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+
+    def _init_scheme(self) -> None:
+        cfg = self.config
         std = 0.02 * cfg.init_gain
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
@@ -213,6 +234,9 @@ class GPT(nn.Module):
         else:
             h = h + delta
         logits = self.lm_head(self.head_dropout(h))  # (B, T, vocab)
+        if self.config.logit_softcap is not None:
+            # here, so that the loss, every eval and generation see the same capped logits
+            logits = softcap(logits, self.config.logit_softcap)
         if targets is None:
             return logits, None
         return logits, self.loss(logits, targets, loss_weights)

@@ -40,7 +40,7 @@ class GPTConfig:
     n_embd: int = 768
     ffn_dim: int | None = None  # feed-forward hidden size; None = 4 * n_embd
     ffn_type: str = "gelu_mlp"  # gelu_mlp | swiglu (gated; its activation is `activation`)
-    activation: str = "gelu"  # gelu | gelu_tanh | relu | leakyrelu | tanh | sigmoid | silu | none
+    activation: str = "gelu"  # gelu | gelu_tanh | relu | relu2 (squared) | leakyrelu | tanh | sigmoid | silu | none
     norm: str = "layer_norm"  # layer_norm | rms_norm | none
     norm_eps: float = 1e-5
     lm_head_norm: bool = True  # final norm before the language-model head
@@ -61,6 +61,9 @@ class GPTConfig:
     init_nonlinearity: str = "relu"  # kaiming: relu | leaky_relu | linear | tanh | sigmoid
     attn_backend: str = "auto"  # auto | torch | triton | cuda
     norm_backend: str = "auto"  # auto | torch | triton | cuda
+    qk_norm: bool = False  # RMSNorm on each head's q and k (learned weight of head_dim) before RoPE and attention
+    zero_init_proj: bool = False  # the output projections (attention c_proj, feed-forward c_proj/down) start at 0
+    logit_softcap: float | None = None  # logits -> c * tanh(logits / c) (Gemma-2, modded-nanogpt); None = off
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -78,8 +81,7 @@ class GPTConfig:
             "init_nonlinearity": INIT_NONLINEARITIES, "attn_backend": BACKENDS, "norm_backend": BACKENDS,
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name}={cut(getattr(self, name))} is not one of {', '.join(allowed)}")
+            _choice(f"model.{name}", getattr(self, name), allowed)
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -317,6 +319,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "rope_theta": Range(1, low_open=True),
         "dropout": FRACTION, "attn_dropout": FRACTION, "embedding_dropout": FRACTION, "lm_head_dropout": FRACTION,
         "init_gain": POSITIVE,
+        "logit_softcap": POSITIVE,  # None = no cap; tanh bounds the logits to (-c, c)
     },
     "data": {
         "weights": POSITIVE,  # each one (normalised)

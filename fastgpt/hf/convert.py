@@ -9,8 +9,10 @@ Two layouts cross over, in both directions, with identical logits:
 
 Anything else fastgpt can express but these classes cannot (sinusoidal or no positions,
 bidirectional attention, weights tied across layers, no final norm, dropout where the HF model
-has none, ...) is refused with a ValueError naming the option. The weight names of each layout are
-tables in ``fastgpt.hf.state_dict_adapter``; this module maps the configs and reads and writes folders.
+has none, QK-norm, a logit softcap, ...) is refused with a ValueError naming the option
+(``model.zero_init_proj`` is only an init and exports as it is; ReLU² is transformers' ``relu2``).
+The weight names of each layout are tables in ``fastgpt.hf.state_dict_adapter``; this module maps
+the configs and reads and writes folders.
 
 ``transformers`` is imported when a function needs it (``pip install 'fastgpt[hf]'``).
 """
@@ -39,12 +41,12 @@ RUNTIME_FIELDS = ("attn_backend", "norm_backend", "dropout", "attn_dropout", "em
 # HF activation names (transformers' ACT2FN) -> fastgpt's; gelu_new and gelu_fast are the tanh approximation
 FROM_HF_ACTIVATION = {
     "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
-    "relu": "relu", "leaky_relu": "leakyrelu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu",
+    "relu": "relu", "relu2": "relu2", "leaky_relu": "leakyrelu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu",
     "swish": "silu", "linear": "none",
 }  # fmt: skip
 TO_HF_ACTIVATION = {
-    "gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "leakyrelu": "leaky_relu", "tanh": "tanh",
-    "sigmoid": "sigmoid", "silu": "silu", "none": "linear",
+    "gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "relu2": "relu2", "leakyrelu": "leaky_relu",
+    "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu", "none": "linear",
 }  # fmt: skip
 
 
@@ -121,6 +123,11 @@ def hf_architecture(config: GPTConfig) -> str:
         (config.norm == "none", "model.norm='none': GPT-2 and Llama normalize before every sublayer"),
         (not config.lm_head_norm, "model.lm_head_norm=False: GPT-2 and Llama normalize before the head"),
         (config.lm_head_dropout > 0, "model.lm_head_dropout>0: GPT-2 and Llama have no dropout before the head"),
+        (config.qk_norm, "model.qk_norm=True: GPT-2 and Llama do not normalize q and k (Qwen3 does; no exporter "
+                         "for it)"),
+        (config.logit_softcap is not None,
+         f"model.logit_softcap={config.logit_softcap}: GPT-2 and Llama do not cap the logits (Gemma-2 does; no "
+         "exporter for it)"),
         (config.pos_encoding not in ("learned", "rope"),
          f"model.pos_encoding={config.pos_encoding!r}: GPT-2 has learned positions, Llama RoPE"),
     ]

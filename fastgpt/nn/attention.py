@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fastgpt.nn.dropout import Dropout, attention_with_dropout
+from fastgpt.nn.rms_norm import RMSNorm
 from fastgpt.ops import flash_attention
 
 # (q, k, start) -> (q, k) rotated as if their first token sat at position start (a PositionEncoding.rotate)
@@ -47,9 +48,12 @@ class SelfAttention(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, *, n_kv_head: int | None = None, bias: bool = True,
                  causal: bool = True, attn_dropout: float = 0.0, dropout: float = 0.0, backend: str = "auto",
-                 rotate: Rotate | None = None) -> None:
+                 rotate: Rotate | None = None, qk_norm: bool = False, norm_eps: float | None = None,
+                 norm_backend: str = "auto") -> None:
         """``attn_dropout`` drops attention probabilities, ``dropout`` the output (residual dropout);
-        ``rotate`` (e.g. ``RotaryPositions.rotate``) is applied to q and k, not registered as a submodule."""
+        ``rotate`` (e.g. ``RotaryPositions.rotate``) is applied to q and k, not registered as a submodule.
+        ``qk_norm`` RMS-normalizes each head's q and k over head_dim (one learned weight of head_dim for
+        q, one for k, shared by the heads, as in Qwen3 and modded-nanogpt) before the rotation."""
         super().__init__()
         n_kv_head = n_kv_head or n_head
         self.n_head, self.n_kv_head = n_head, n_kv_head
@@ -61,6 +65,11 @@ class SelfAttention(nn.Module):
         # one projection for q, k and v: (n_head + 2 * n_kv_head) heads of head_dim
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=norm_eps, backend=norm_backend)
+            self.k_norm = RMSNorm(self.head_dim, eps=norm_eps, backend=norm_backend)
+        else:
+            self.q_norm = self.k_norm = None
         self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
@@ -69,8 +78,13 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, Hq, T, hd)
-        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        q = q.view(B, T, self.n_head, hd)  # (B, T, Hq, hd)
+        k = k.view(B, T, self.n_kv_head, hd)  # (B, T, Hkv, hd)
+        if self.q_norm is not None:
+            # each head's q and k have unit RMS (times the norms' weights): the attention logits cannot grow
+            # with the projections' weights
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd)
         v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         if self.rotate is not None:
             q, k = self.rotate(q, k, cache.pos if cache is not None else 0)

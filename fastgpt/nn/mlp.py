@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fastgpt.nn.dropout import Dropout
+
+
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (So et al., Primer, arXiv 2109.08668; modded-nanogpt's MLP); transformers calls it relu2."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x).square()
+
 
 ACTIVATIONS = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "relu": nn.ReLU,
+    "relu2": ReLUSquared,
     "leakyrelu": nn.LeakyReLU,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
@@ -41,7 +51,7 @@ class MLP(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """x -> down(act(gate(x)) * up(x)): SwiGLU with act=silu (GeGLU with gelu)."""
+    """x -> down(act(gate(x)) * up(x)): SwiGLU with act=silu (GeGLU with gelu, ReGLU-squared with relu2)."""
 
     def __init__(self, dim: int, hidden: int, *, activation: str = "silu", bias: bool = True,
                  dropout: float = 0.0) -> None:
