@@ -98,6 +98,28 @@ def test_qk_norm_gives_each_head_unit_rms_before_rope(fields: dict, monkeypatch:
     torch.testing.assert_close(seen[0][1], k)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_qk_norm_runs_the_rms_norm_kernels(backend: str) -> None:
+    """Each head's (B, T, H, hd) view (not contiguous, hd=6) through the kernels: the torch path's
+    logits and gradients (the interpreter and the CUDA emulator on a CPU)."""
+    from fastgpt.ops._backend import unavailable_reason
+
+    reason = unavailable_reason(backend, torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+    fields = dict(n_embd=24, qk_norm=True, norm="rms_norm", pos_encoding="rope", n_kv_head=2)
+    x = torch.randint(0, 61, (2, 13), generator=torch.Generator().manual_seed(0))
+    results = []
+    for b in ("torch", backend):
+        model = _model(**fields, norm_backend=b)
+        assert model.blocks[0].attn.q_norm.backend == model.blocks[0].attn.k_norm.backend == b
+        logits, loss = model(x, x)
+        loss.backward()
+        results.append([logits, *(p.grad for p in model.blocks[0].attn.parameters())])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_qk_norm_works_with_the_kv_cache() -> None:
     model = _model(qk_norm=True, pos_encoding="rope").eval()
     prompt = torch.randint(0, 61, (1, 5))
