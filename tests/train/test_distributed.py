@@ -208,7 +208,9 @@ autotune.tune = tune
 distributed.setup("cpu")
 for shape in ((3, 8), (3, 8), (5, 16)):  # the repeat is answered without a collective
     rms_norm(torch.randn(*shape), None)
-print("used", json.dumps({k: _autotune_cache.records()[k]["ms"] for k in autotune.used()}))
+# one write per rank (a line shorter than PIPE_BUF): print's pieces could interleave with the other rank's
+sys.stdout.write("used " + json.dumps({k: _autotune_cache.records()[k]["ms"] for k in autotune.used()}) + "\\n")
+sys.stdout.flush()
 distributed.teardown()
 """
 
