@@ -57,3 +57,19 @@ def interrupt_during_step(monkeypatch, step: int):
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     return original
+
+
+def train_interrupted(monkeypatch, args: list[str], step: int) -> None:
+    """``python -m fastgpt.train args``, stopped as if Ctrl-C came during step ``step``: the run saves
+    ``ckpt-{step}`` and exits with 128 + SIGINT. The trainer's step is put back afterwards."""
+    import signal
+
+    import pytest
+
+    from fastgpt.train import cli
+
+    original = interrupt_during_step(monkeypatch, step)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(args)
+    assert stop.value.code == 128 + signal.SIGINT
+    monkeypatch.setattr(cli.Trainer, "train_step", original)

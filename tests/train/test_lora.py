@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_run import interrupt_during_step
+from tiny_run import train_interrupted
 
 from fastgpt.adapters import ADAPTERS
 from fastgpt.checkpoint import CheckpointError, load, resolve_checkpoint
@@ -143,11 +143,8 @@ def test_resume_of_a_lora_run_is_exact(lora_run: dict, monkeypatch: pytest.Monke
         return [{k: e[k] for k in keys if k in e} for e in map(json.loads, lines)]
 
     args = [a.replace("train.out_dir=" + str(tmp / "straight"), "train.out_dir=" + str(tmp / "resumed")) for a in args]
-    original = interrupt_during_step(monkeypatch, 3)
-    with pytest.raises(SystemExit):
-        train_mod.main(args)
+    train_interrupted(monkeypatch, args, 3)
     assert resolve_checkpoint(tmp / "resumed").name == "ckpt-000003"
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
     train_mod.main(["--resume", *args])
     assert events("resumed") == events("straight")  # bit-identical losses
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from tiny_run import SMALL, TINY_MODEL, interrupt_during_step, tiny, tiny_args, word_corpus
+from tiny_run import SMALL, TINY_MODEL, tiny, tiny_args, train_interrupted, word_corpus
 
 from fastgpt.config import OptimConfig
 from fastgpt.model import GPT, GPTConfig
@@ -112,11 +111,7 @@ def test_resume_continues_exactly(tmp_path: Path, words: Path, monkeypatch: pyte
     straight = _events(tmp_path / "out")
     (tmp_path / "out").rename(tmp_path / "straight")
 
-    original = interrupt_during_step(monkeypatch, 6)
-    with pytest.raises(SystemExit) as stop:
-        train_mod.main(args)
-    assert stop.value.code == 128 + signal.SIGINT
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    train_interrupted(monkeypatch, args, 6)
     train_mod.main(["--resume", *args])
     keys = ("iter", "train_loss", "val_loss", "lr")
     resumed = [{k: e[k] for k in keys if k in e} for e in _events(tmp_path / "out")]

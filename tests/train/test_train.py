@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import SMALL, interrupt_during_step, tiny, word_corpus
+from tiny_run import SMALL, tiny, train_interrupted, word_corpus
 
 import fastgpt
 from fastgpt.checkpoint import resolve_checkpoint
@@ -67,12 +67,8 @@ def test_resume_continues_exactly(tmp_path: Path, corpus: Path, monkeypatch: pyt
     straight = _events(tmp_path / "out")
     (tmp_path / "out").rename(tmp_path / "straight")
 
-    original = interrupt_during_step(monkeypatch, 6)
-    with pytest.raises(SystemExit) as stop:
-        train_mod.main(args)
-    assert stop.value.code == 128 + signal.SIGINT
+    train_interrupted(monkeypatch, args, 6)
     assert resolve_checkpoint(tmp_path / "out").name == "ckpt-000006"
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
     train_mod.main(["--resume", *args])
     keys = ("iter", "train_loss", "val_loss", "lr")
     resumed = [{k: e[k] for k in keys if k in e} for e in _events(tmp_path / "out")]
