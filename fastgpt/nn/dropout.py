@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgpt.ops.reference import future_mask
+
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``F.dropout(x, p, training)``, by a uniform draw on the CPU."""
@@ -38,9 +40,7 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float, causal: bo
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
     scores = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]))
     if causal:
-        T, S = q.shape[-2], k.shape[-2]
-        future = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1 + S - T)
-        scores = scores.masked_fill(future, float("-inf"))
+        scores = scores.masked_fill(future_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     return dropout(probs, p) @ v
 

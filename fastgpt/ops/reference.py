@@ -13,6 +13,12 @@ import torch
 from torch import Tensor
 
 
+def future_mask(T: int, S: int, device: torch.device) -> Tensor:
+    """(T, S) bool, True where causal attention hides key j from query i: the keys after i + S - T
+    (the mask aligned to the end, as when T queries follow S - T cached keys)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).triu(1 + S - T)
+
+
 def flash_attention(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
 ) -> Tensor:
@@ -32,8 +38,7 @@ def flash_attention(
     vf = v.to(compute).unsqueeze(2)  # (B, Hkv, 1, S, D)
     att = (qg @ kf.transpose(-2, -1)) * scale  # (B, Hkv, G, T, S)
     if causal:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1 + S - T)
-        att = att.masked_fill(mask, float("-inf"))
+        att = att.masked_fill(future_mask(T, S, q.device), float("-inf"))
     out = att.softmax(dim=-1) @ vf  # (B, Hkv, G, T, D)
     return out.reshape(B, Hq, T, D).to(q.dtype)
 
