@@ -79,3 +79,17 @@ def test_attention_with_dropout_is_causal_whatever_is_dropped() -> None:
     y = attention_with_dropout(q, k, v, 0.3, True)
     (grad_v,) = torch.autograd.grad(y[:, :, 4].sum(), v)
     assert torch.count_nonzero(grad_v[:, :, 5:]) == 0  # position 4 sees no later value
+
+
+def test_off_the_cpu_torchs_own_dropout_and_sdpa_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The non-CPU branches (meta tensors: no data, any device but the CPU) call torch's fused ops."""
+    calls = []
+    real_dropout, real_sdpa = F.dropout, F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "dropout", lambda *a, **k: calls.append("dropout") or real_dropout(*a, **k))
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append("sdpa") or real_sdpa(*a, **k))
+    x = torch.empty(4, 8, device="meta")
+    assert dropout(x, 0.3).shape == (4, 8)
+    q = torch.empty(1, 2, 5, 4, device="meta")
+    assert attention_with_dropout(q, q, q, 0.3, True).shape == (1, 2, 5, 4)
+    assert calls == ["dropout", "sdpa"]
