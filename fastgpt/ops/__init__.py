@@ -20,6 +20,7 @@ from torch import Tensor
 from fastgpt.ops import _autotune_cache, autotune, torch_path
 from fastgpt.ops._autograd import FlashAttention, RMSNorm
 from fastgpt.ops._backend import BackendUnavailable, available_backends, require
+from fastgpt.ops._checks import attention_variant_problem
 from fastgpt.ops._registry import kernel
 from fastgpt.ops.autotune import choose, set_autotune_group
 
@@ -28,6 +29,7 @@ __all__ = [
     "autotune_choices",
     "autotune_summary",
     "available_backends",
+    "doc_ids_from_cu_seqlens",
     "flash_attention",
     "fused_adamw_",
     "resolve_backend",
@@ -80,6 +82,10 @@ def flash_attention(
     v: Tensor,
     causal: bool = True,
     scale: float | None = None,
+    *,
+    window: int | None = None,
+    softcap: float | None = None,
+    doc_ids: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """Causal (or bidirectional) attention, a drop-in for ``F.scaled_dot_product_attention``.
@@ -87,12 +93,56 @@ def flash_attention(
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq % Hkv == 0 (GQA/MQA when Hkv < Hq) and S >= T
     (S > T only when decoding with a KV cache; the kernels take S == T and ``auto`` falls back to
     the torch path otherwise). Returns (B, Hq, T, D). ``scale`` defaults to 1/sqrt(D).
+
+    - ``window`` W (an int >= 1): query i sees keys j with i - W < j <= i (causal) or |i - j| < W.
+    - ``softcap`` c (a number > 0): scores s become c * tanh(s / c) before the softmax.
+    - ``doc_ids`` (B, S) int32, non-decreasing along each row: query i sees key j only when
+      both carry the same id (packed documents; :func:`doc_ids_from_cu_seqlens` converts
+      FlashAttention's ``cu_seqlens``). Checking that the ids never decrease reads them (one
+      device sync), except under ``torch.compile``, where it is skipped.
+
+    The masks combine; with S > T they are aligned to the end (query i stands at position i + S - T).
     """
     _check_attention(q, k, v)
-    name = resolve_backend(backend, "flash_attention", q.device, q, k, v, causal, scale)
+    reason = attention_variant_problem(q, k, window, softcap, doc_ids)
+    if reason is not None:
+        raise ValueError(f"flash_attention: {reason}")
+    if doc_ids is not None:
+        if not torch.compiler.is_compiling() and bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
+            raise ValueError("flash_attention: doc_ids must be non-decreasing along each row")
+        doc_ids = doc_ids.contiguous()
+    softcap = None if softcap is None else float(softcap)
+    args = (q, k, v, causal, scale, window, softcap, doc_ids)
+    name = resolve_backend(backend, "flash_attention", q.device, *args)
     if name == "torch":
-        return torch_path.flash_attention(q, k, v, causal, scale)
-    return FlashAttention.apply(name, q, k, v, causal, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
+        return torch_path.flash_attention(*args)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return FlashAttention.apply(name, q, k, v, causal, scale, window, softcap, doc_ids)
+
+
+def doc_ids_from_cu_seqlens(cu_seqlens: Tensor, T: int) -> Tensor:
+    """The (B, T) int32 ``doc_ids`` of a packed batch given by FlashAttention's ``cu_seqlens``.
+
+    ``cu_seqlens`` (N + 1,) integer: cumulative document lengths over the flat (B * T,) token axis,
+    0 first, non-decreasing, B * T last; document n covers tokens [cu_seqlens[n], cu_seqlens[n + 1])
+    and gets id n. A document running past the end of a row continues, under the same id, in the
+    next row, where its two parts cannot see each other (attention never crosses rows).
+    """
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"doc_ids_from_cu_seqlens: T must be an int >= 1, got {T!r}")
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError("doc_ids_from_cu_seqlens: cu_seqlens must be a 1-D tensor of N + 1 >= 2 offsets")
+    if cu_seqlens.is_floating_point() or cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
+        raise ValueError(f"doc_ids_from_cu_seqlens: cu_seqlens must be integer, got {cu_seqlens.dtype}")
+    bounds = cu_seqlens.to(torch.int64)
+    total = int(bounds[-1])
+    if int(bounds[0]) != 0 or bool((bounds[1:] < bounds[:-1]).any()):
+        raise ValueError("doc_ids_from_cu_seqlens: cu_seqlens must start at 0 and never decrease")
+    if total == 0 or total % T:
+        raise ValueError(f"doc_ids_from_cu_seqlens: the last offset ({total}) must be a positive multiple of T={T}")
+    tokens = torch.arange(total, device=cu_seqlens.device)
+    ids = torch.searchsorted(bounds[1:], tokens, right=True)  # (B * T,) the document of each token
+    return ids.to(torch.int32).reshape(total // T, T)
 
 
 def rms_norm(

@@ -15,20 +15,23 @@ from fastgpt.ops._registry import kernel
 
 class FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, backend: str, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Tensor:
-        out, lse = kernel(backend, "flash_attention").flash_attn_fwd(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.backend, ctx.causal, ctx.scale = backend, causal, scale
+    def forward(
+        ctx, backend: str, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
+        window: int | None = None, softcap: float | None = None, doc_ids: Tensor | None = None,
+    ) -> Tensor:
+        out, lse = kernel(backend, "flash_attention").flash_attn_fwd(q, k, v, causal, scale, window, softcap, doc_ids)
+        ctx.save_for_backward(q, k, v, out, lse, doc_ids)
+        ctx.backend, ctx.causal, ctx.scale, ctx.window, ctx.softcap = backend, causal, scale, window, softcap
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, doc_ids = ctx.saved_tensors
         dq, dk, dv = kernel(ctx.backend, "flash_attention").flash_attn_bwd(
-            dout.to(q.dtype), q, k, v, out, lse, ctx.causal, ctx.scale
+            dout.to(q.dtype), q, k, v, out, lse, ctx.causal, ctx.scale, ctx.window, ctx.softcap, doc_ids
         )
-        return None, dq, dk, dv, None, None
+        return None, dq, dk, dv, None, None, None, None, None
 
 
 class RMSNorm(torch.autograd.Function):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 
@@ -72,6 +73,28 @@ def attention_scalars_problem(causal: object, scale: object) -> str | None:
         return f"causal must be a bool, got {causal!r}"
     if scale is not None and not _is_real(scale):
         return f"scale must be None or a finite number, got {scale!r}"
+    return None
+
+
+def attention_variant_problem(q: Tensor, k: Tensor, window: object, softcap: object, doc_ids: object) -> str | None:
+    """window is None or an int >= 1; softcap None or a finite number > 0; doc_ids None or an int32
+    (B, S) tensor on q's device (S = k's length). Whether ids decrease is not checked here (that
+    needs the values; the public op checks it)."""
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        return f"window must be None or an int >= 1, got {window!r}"
+    if softcap is not None and not (_is_real(softcap) and softcap > 0):
+        return f"softcap must be None or a finite number > 0, got {softcap!r}"
+    if doc_ids is None:
+        return None
+    if not isinstance(doc_ids, Tensor):
+        return f"doc_ids must be None or a tensor, got {type(doc_ids).__name__}"
+    B, S = q.shape[0], k.shape[2]
+    if doc_ids.shape != (B, S):
+        return f"doc_ids must have shape (B, T) = ({B}, {S}), got {tuple(doc_ids.shape)}"
+    if doc_ids.dtype != torch.int32:
+        return f"doc_ids must be int32, got {doc_ids.dtype}"
+    if doc_ids.device != q.device:
+        return f"doc_ids is on {doc_ids.device}, q on {q.device}"
     return None
 
 

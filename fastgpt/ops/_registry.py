@@ -3,8 +3,11 @@
 Every op module of a backend has the same interface, so one ``autograd.Function`` per op
 (:mod:`fastgpt.ops._autograd`) drives any backend:
 
-- ``flash_attention``: ``flash_attn_fwd(q, k, v, causal, scale) -> (out, lse)`` (lse natural log,
-  fp32, (B, Hq, T)), ``flash_attn_bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)``;
+- ``flash_attention``: ``flash_attn_fwd(q, k, v, causal, scale, window, softcap, doc_ids) -> (out, lse)``
+  (lse natural log, fp32, (B, Hq, T)), ``flash_attn_bwd(dout, q, k, v, out, lse, causal, scale, window,
+  softcap, doc_ids) -> (dq, dk, dv)``, where ``window`` is ``int | None``, ``softcap`` ``float | None``
+  and ``doc_ids`` a contiguous int32 (B, T) tensor or None (see :func:`fastgpt.ops.flash_attention`);
+  ``unsupported_reason(q, k, v, causal, scale, window=None, softcap=None, doc_ids=None)``;
 - ``rms_norm``: ``rms_norm_fwd(x, weight, residual, eps) -> (y, h, rstd)``,
   ``rms_norm_bwd(dy, dh, h, weight, rstd) -> (dx, dweight)``;
 - ``fused_adamw``: ``fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2,

@@ -1,13 +1,13 @@
 """How ``backend="auto"`` chooses: correct before fast, measured once per shape class, remembered.
 
 The first time ``auto`` meets an (op, device, dtype, shape class) — the shape class being what
-changes a kernel's code path: head dim, causal, GQA ratio, T rounded up to a power of two, the
-row length bucket — each kernel backend that supports the inputs runs once on random data of that
-shape (batch and rows cut down) and is checked against the reference with the tests' criterion
-(:func:`fastgpt.ops._accuracy.error_problem`). One that fails (or raises) is never used for that
-class on that device, and one warning names op, backend, dtype and error. The survivors are then
-timed, forward+backward where there is a backward, beside the torch path, which is always a
-candidate; the fastest wins.
+changes a kernel's code path: head dim, causal, GQA ratio, window, softcap, packed documents, T
+rounded up to a power of two, the row length bucket — each kernel backend that supports the inputs
+runs once on random data of that shape (batch and rows cut down) and is checked against the
+reference with the tests' criterion (:func:`fastgpt.ops._accuracy.error_problem`). One that fails
+(or raises) is never used for that class on that device, and one warning names op, backend, dtype
+and error. The survivors are then timed, forward+backward where there is a backward, beside the
+torch path, which is always a candidate; the fastest wins.
 
 Candidates: on a CUDA device, the usable kernel backends; on CPU none (torch runs), unless
 ``FASTGPT_AUTO_SLOW=1`` lets the Triton interpreter (TRITON_INTERPRET=1) and the CUDA emulator
@@ -82,11 +82,19 @@ def spec_of(op: str, args: tuple) -> tuple:
     so ``torch.compile`` can pass it to the choice as a constant.
     """
     if op == "flash_attention":
-        q, k, _, causal, scale = args
+        q, k, _, causal, scale, window, softcap, doc_ids = args
         B, Hq, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         desc = f"D={D} causal={causal} gqa={Hq // Hkv} T<={_pow2(T)}" + ("" if S == T else f" S<={_pow2(S)}")
-        fields = (min(B, 2), Hq, Hkv, T, S, D, bool(causal), -1.0 if scale is None else float(scale))
+        # window and softcap enter the class by value, packed documents by presence (tuned on 4 per row)
+        if window is not None:
+            desc += f" window={window}"
+        if softcap is not None:
+            desc += f" softcap={softcap:g}"
+        if doc_ids is not None:
+            desc += " docs"
+        fields = (min(B, 2), Hq, Hkv, T, S, D, bool(causal), -1.0 if scale is None else float(scale),
+                  -1 if window is None else window, -1.0 if softcap is None else softcap, doc_ids is not None)
         return (op, str(q.device), _dtype(q.dtype), desc, fields)
     if op == "rms_norm":
         x, weight, eps, residual = args
@@ -116,20 +124,25 @@ def key_of(spec: tuple) -> str:
 
 
 def _attention_case(spec: tuple) -> tuple[Callable[[str], list[Tensor]], Callable[[], list[Tensor]], list[str]]:
-    _, device, dtype, _, (B, Hq, Hkv, T, S, D, causal, scale) = spec
+    _, device, dtype, _, (B, Hq, Hkv, T, S, D, causal, scale, window, softcap, docs) = spec
     dt, scale = getattr(torch, dtype), None if scale < 0 else scale
+    window, softcap = None if window < 0 else window, None if softcap < 0 else softcap
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, dout = (torch.randn(s, generator=g).to(device, dt)
                      for s in ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D), (B, Hq, T, D)))
+    # packed rows: four documents of equal length (the last one longer when 4 does not divide S)
+    doc_ids = (torch.arange(S, device=device) * 4 // S).to(torch.int32).expand(B, S).contiguous() if docs else None
+    variant = (window, softcap, doc_ids)
 
     def run(backend: str, cast: torch.dtype = dt) -> list[Tensor]:
         qi, ki, vi = (t.to(cast).detach().requires_grad_() for t in (q, k, v))
         if backend == "torch":
-            out = torch_path.flash_attention(qi, ki, vi, causal, scale)
+            out = torch_path.flash_attention(qi, ki, vi, causal, scale, *variant)
         elif backend == "reference":
-            out = reference.flash_attention(qi, ki, vi, causal, scale)
+            out = reference.flash_attention(qi, ki, vi, causal, scale, *variant)
         else:
-            out = FlashAttention.apply(backend, qi, ki, vi, causal, 1.0 / math.sqrt(D) if scale is None else scale)
+            out = FlashAttention.apply(backend, qi, ki, vi, causal, 1.0 / math.sqrt(D) if scale is None else scale,
+                                       *variant)
         out.backward(dout.to(cast))
         return [out.detach(), qi.grad, ki.grad, vi.grad]
 

@@ -19,14 +19,54 @@ def future_mask(T: int, S: int, device: torch.device) -> Tensor:
     return torch.ones(T, S, dtype=torch.bool, device=device).triu(1 + S - T)
 
 
+def visible_mask(
+    T: int,
+    S: int,
+    causal: bool,
+    window: int | None = None,
+    doc_ids: Tensor | None = None,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """(1 or B, T, S) bool, True where query i may see key j; None when every query sees every key.
+
+    Queries are the last T of S positions (S > T when decoding with a KV cache), so query i stands
+    at position p = i + S - T. Causal: keys j <= p. ``window`` W: causal p - W < j <= p, otherwise
+    |p - j| < W. ``doc_ids`` (B, S) int: only keys with the query's id, ``doc_ids[b, p]``. Every
+    query sees at least its own position, so no row is fully masked.
+    """
+    if not causal and window is None and doc_ids is None:
+        return None
+    device = doc_ids.device if doc_ids is not None else device
+    pos_q = torch.arange(S - T, S, device=device)[:, None]  # (T, 1)
+    pos_k = torch.arange(S, device=device)[None, :]  # (1, S)
+    seen = torch.ones(T, S, dtype=torch.bool, device=device)
+    if causal:
+        seen &= pos_k <= pos_q
+    if window is not None:
+        seen &= (pos_q - pos_k < window) if causal else ((pos_q - pos_k).abs() < window)
+    seen = seen[None]  # (1, T, S)
+    if doc_ids is not None:
+        seen = seen & (doc_ids[:, S - T:, None] == doc_ids[:, None, :])  # (B, T, S)
+    return seen
+
+
 def flash_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    doc_ids: Tensor | None = None,
 ) -> Tensor:
-    """softmax(q @ k^T * scale + mask) @ v, with grouped-query attention.
+    """softmax(cap(q @ k^T * scale) + mask) @ v, with grouped-query attention.
 
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D) with Hq % Hkv == 0 and S >= T (S > T when decoding
-    with a KV cache: the causal mask is aligned to the end, query i sees keys <= i + S - T).
-    Returns (B, Hq, T, D) in q's dtype. The math runs in fp32 (fp64 inputs stay fp64).
+    with a KV cache: the masks are aligned to the end, query i stands at position i + S - T).
+    ``softcap`` c: scores s become c * tanh(s / c) before the mask. ``window``, ``doc_ids`` (B, S):
+    the mask of :func:`visible_mask`. Returns (B, Hq, T, D) in q's dtype. The math runs in fp32
+    (fp64 inputs stay fp64).
     """
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -37,8 +77,11 @@ def flash_attention(
     kf = k.to(compute).unsqueeze(2)  # (B, Hkv, 1, S, D)
     vf = v.to(compute).unsqueeze(2)  # (B, Hkv, 1, S, D)
     att = (qg @ kf.transpose(-2, -1)) * scale  # (B, Hkv, G, T, S)
-    if causal:
-        att = att.masked_fill(future_mask(T, S, q.device), float("-inf"))
+    if softcap is not None:
+        att = softcap * torch.tanh(att / softcap)
+    seen = visible_mask(T, S, causal, window, doc_ids, q.device)
+    if seen is not None:
+        att = att.masked_fill(~seen[:, None, None], float("-inf"))  # (1 or B, 1, 1, T, S)
     out = att.softmax(dim=-1) @ vf  # (B, Hkv, G, T, D)
     return out.reshape(B, Hq, T, D).to(q.dtype)
 

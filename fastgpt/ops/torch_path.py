@@ -22,24 +22,58 @@ from torch.optim.adamw import adamw
 import fastgpt.ops.reference as reference
 
 
-def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None) -> Tensor:
+def flash_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    doc_ids: Tensor | None = None,
+) -> Tensor:
     """:func:`fastgpt.ops.reference.flash_attention` through ``F.scaled_dot_product_attention``.
 
     q: (B, Hq, T, D); k, v: (B, Hkv, S, D). Computes in the input dtype, except bf16 and fp16 on the
     CPU, which compute in fp32 and return the input dtype: PyTorch's CPU kernel in bf16 took 2.6-3.9x
     the fp32 time, forward and backward, at head_dim 32 and T=64 (the CPU recipe's attention), and
     the same time at head_dim 64, T=256. S > T gets an explicit end-aligned causal mask (query i sees
-    keys <= i + S - T).
+    keys <= i + S - T). ``window`` and ``doc_ids`` (B, S) pass SDPA the boolean mask of
+    :func:`fastgpt.ops.reference.visible_mask`; SDPA has no softcap, so ``softcap`` runs the
+    attention as explicit PyTorch math (a (B, Hq, T, S) score matrix) in the compute dtype.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", enabled=False):  # CPU autocast would run SDPA in bf16 again
-            return flash_attention(q.float(), k.float(), v.float(), causal, scale).to(q.dtype)
+            out = flash_attention(q.float(), k.float(), v.float(), causal, scale, window, softcap, doc_ids)
+            return out.to(q.dtype)
     T, S = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
+    if softcap is not None:
+        return _softcapped(q, k, v, causal, scale, window, softcap, doc_ids)
+    if window is not None or doc_ids is not None:
+        seen = reference.visible_mask(T, S, causal, window, doc_ids, q.device)[:, None]  # (1 or B, 1, T, S)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=gqa)
     if causal and S != T:
         seen = ~reference.future_mask(T, S, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+
+
+def _softcapped(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, window: int | None, softcap: float,
+    doc_ids: Tensor | None,
+) -> Tensor:
+    """softmax(softcap * tanh(q k^T * scale / softcap) + mask) v in q's dtype, GQA without copies."""
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    qg = q.reshape(B, Hkv, Hq // Hkv, T, D)  # (B, Hkv, G, T, D)
+    att = (qg @ k.unsqueeze(2).transpose(-2, -1)) * scale  # (B, Hkv, G, T, S)
+    att = softcap * torch.tanh(att / softcap)
+    seen = reference.visible_mask(T, S, causal, window, doc_ids, q.device)
+    if seen is not None:
+        att = att.masked_fill(~seen[:, None, None], float("-inf"))  # (1 or B, 1, 1, T, S)
+    return (att.softmax(dim=-1) @ v.unsqueeze(2)).reshape(B, Hq, T, D)  # (B, Hq, T, D)
 
 
 def rms_norm(

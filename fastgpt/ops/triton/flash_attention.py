@@ -482,7 +482,10 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton_op("fastgpt::flash_attn_fwd_triton", mutates_args=())
-def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+def flash_attn_fwd(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
+    window: int | None, softcap: float | None, doc_ids: Tensor | None,
+) -> tuple[Tensor, Tensor]:
     """Forward: ``(out (B, Hq, T, D), lse (B, Hq, T) fp32, natural log)``; inputs already validated."""
     B, H, T, D = q.shape
     # out is a (B, H, T, D) view of (B, T, H, D) memory, so the usual transpose back is free
@@ -505,7 +508,8 @@ def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) 
 
 @triton_op("fastgpt::flash_attn_bwd_triton", mutates_args=())
 def flash_attn_bwd(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float,
+    window: int | None, softcap: float | None, doc_ids: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward: ``(dq, dk, dv)`` shaped and strided like q, k, v; dk/dv summed over each group."""
     B, H, T, D = q.shape
@@ -547,12 +551,15 @@ def flash_attn_bwd(
 
 
 def unsupported_reason(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None,
+    window: int | None = None, softcap: float | None = None, doc_ids: Tensor | None = None,
 ) -> str | None:
     """Why these inputs are outside the kernel's limits (None when they are supported)."""
     reason = attention_tensors_problem(q, k, v) or attention_scalars_problem(causal, scale)
     if reason is not None:
         return reason
+    if window is not None or softcap is not None or doc_ids is not None:
+        return "window, softcap and doc_ids are not supported by the Triton kernels yet"
     if q.device.type != "cuda" and not (q.device.type == "cpu" and _INTERPRET):
         return f"tensors are on {q.device}; the Triton kernels need CUDA (or CPU under TRITON_INTERPRET=1)"
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
