@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -124,4 +125,12 @@ def trained(corpus: Path) -> Path:
     out = corpus.parent / "trained"
     train_cli.main(tiny_args(corpus, out))
     return out
+
+
+@pytest.fixture
+def run_copy(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the trained run for one test to spoil: (its out_dir, its latest checkpoint folder)."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out, out / (out / "latest").read_text().strip()
 

@@ -7,7 +7,6 @@ start-up cost); the tokenizer download and the generation prompt go through a re
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +20,6 @@ from fastgpt.checkpoint import resolve_checkpoint
 from fastgpt.tokenizers import build_tokenizer
 from fastgpt.train import cli as train_mod
 from fastgpt.train.convert import main as convert_main
-
-
-def _copy(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the trained run, and its latest checkpoint folder."""
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    return out, out / (out / "latest").read_text().strip()
-
 
 # --- config -------------------------------------------------------------------------------
 
@@ -106,8 +97,8 @@ def test_missing_checkpoint(tmp_path: Path, cli_error) -> None:
     assert "holds no checkpoint" in line
 
 
-def test_corrupt_checkpoints(trained: Path, corpus: Path, tmp_path: Path, cli_error) -> None:
-    out, ckpt = _copy(trained, tmp_path)
+def test_corrupt_checkpoints(run_copy, corpus: Path, cli_error) -> None:
+    out, ckpt = run_copy
     weights = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a truncated write
     assert "unreadable weights" in cli_error(generate_mod.main, ["--checkpoint", str(out)])
@@ -140,8 +131,8 @@ def test_corrupt_sharded_checkpoint(corpus: Path, tmp_path: Path, cli_error) -> 
     assert "exists and is not empty" in line
 
 
-def test_incompatible_checkpoints(trained: Path, corpus: Path, tmp_path: Path, cli_error) -> None:
-    out, ckpt = _copy(trained, tmp_path)
+def test_incompatible_checkpoints(run_copy, corpus: Path, cli_error) -> None:
+    out, ckpt = run_copy
     resume = ["--resume", *_args(corpus, out, "train.max_iters=4", "model.n_embd=32")]
     line = cli_error(train_mod.main, resume)
     assert "model.n_embd cannot change when resuming (the run has 16, given 32)" in line

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,10 +76,8 @@ def test_broken_tokenizer_files(corpus: Path, tmp_path: Path, cli_error, content
     ("tokenizer_meta.json", lambda m: {"kind": "char"}),
     ("tokenizer_meta.json", lambda m: [m]),
 ])  # fmt: skip
-def test_checkpoint_files_with_wrong_contents(trained: Path, tmp_path: Path, cli_error, spoil) -> None:
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    ckpt = out / (out / "latest").read_text().strip()
+def test_checkpoint_files_with_wrong_contents(run_copy, cli_error, spoil) -> None:
+    out, ckpt = run_copy
     name, change = spoil
     path = ckpt / name
     if name.endswith(".yaml"):
@@ -92,10 +89,8 @@ def test_checkpoint_files_with_wrong_contents(trained: Path, tmp_path: Path, cli
 
 
 @pytest.mark.parametrize("state", [{"iter": "two"}, [1, 2, 3], {"rng": None, "optimizer": 7}])
-def test_state_with_wrong_contents(trained: Path, corpus: Path, tmp_path: Path, cli_error, state) -> None:
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    ckpt = out / (out / "latest").read_text().strip()
+def test_state_with_wrong_contents(run_copy, corpus: Path, cli_error, state) -> None:
+    out, ckpt = run_copy
     good = torch.load(ckpt / "state.pt", weights_only=True)
     torch.save({**good, **state} if isinstance(state, dict) else state, ckpt / "state.pt")
     line = cli_error(train_mod.main, ["--resume", *_args(corpus, out, "train.max_iters=4")])

@@ -31,16 +31,8 @@ from fastgpt.train import cli as train_mod
 from fastgpt.train.convert import main as convert_main
 
 
-@pytest.fixture
-def run(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the trained run (out_dir, its latest checkpoint) for one test to spoil."""
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    return out, out / (out / "latest").read_text().strip()
-
-
-def test_pickled_state_is_refused_not_run(run, corpus: Path, tmp_path: Path, cli_error) -> None:
-    out, ckpt = run
+def test_pickled_state_is_refused_not_run(run_copy, corpus: Path, tmp_path: Path, cli_error) -> None:
+    out, ckpt = run_copy
     marker = tmp_path / "ran"
     _plant(ckpt / "state.pt", marker)
     line = cli_error(train_mod.main, ["--resume", *_args(corpus, out, "train.max_iters=4")])
@@ -50,8 +42,8 @@ def test_pickled_state_is_refused_not_run(run, corpus: Path, tmp_path: Path, cli
     assert not marker.exists()
 
 
-def test_dcp_metadata_beside_safetensors_is_never_read(run, corpus: Path, tmp_path: Path, capsys) -> None:
-    out, ckpt = run
+def test_dcp_metadata_beside_safetensors_is_never_read(run_copy, corpus: Path, tmp_path: Path, capsys) -> None:
+    out, ckpt = run_copy
     marker = tmp_path / "ran"
     _plant(ckpt / "sharded" / ".metadata", marker)
     fastgpt.load(str(out))
@@ -64,8 +56,8 @@ def test_dcp_metadata_beside_safetensors_is_never_read(run, corpus: Path, tmp_pa
     assert not marker.exists()
 
 
-def test_shards_alone_are_refused_without_the_option(run, tmp_path: Path, cli_error) -> None:
-    out, ckpt = run
+def test_shards_alone_are_refused_without_the_option(run_copy, tmp_path: Path, cli_error) -> None:
+    out, ckpt = run_copy
     marker = tmp_path / "ran"
     (ckpt / "model.safetensors").unlink()
     _plant(ckpt / "sharded" / ".metadata", marker)
@@ -80,8 +72,8 @@ def test_shards_alone_are_refused_without_the_option(run, tmp_path: Path, cli_er
 
 
 @pytest.mark.parametrize("name", ["../elsewhere", "ABSOLUTE", "ckpt-000009", "ckpt-000002/../../elsewhere"])
-def test_pointers_stay_inside_the_run_folder(run, corpus: Path, tmp_path: Path, cli_error, name: str) -> None:
-    out, ckpt = run
+def test_pointers_stay_inside_the_run_folder(run_copy, corpus: Path, tmp_path: Path, cli_error, name: str) -> None:
+    out, ckpt = run_copy
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(ckpt, elsewhere)  # a loadable checkpoint outside the run folder
     (out / "ckpt-000009").symlink_to(elsewhere)  # a symlink inside, leading out
@@ -132,10 +124,10 @@ def test_hf_folder_with_pickled_or_corrupt_weights(tmp_path: Path, corpus: Path,
     assert not marker.exists()
 
 
-def test_eval_keeps_to_the_folders_named(run, corpus: Path, tmp_path: Path, cli_error, monkeypatch) -> None:
+def test_eval_keeps_to_the_folders_named(run_copy, corpus: Path, tmp_path: Path, cli_error, monkeypatch) -> None:
     """A checkpoint's config names a dataset and a cache elsewhere: eval reads the dataset (a loss reveals
     nothing of it) but writes nothing there, only into its own cache here."""
-    out, ckpt = run
+    out, ckpt = run_copy
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
