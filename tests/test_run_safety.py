@@ -292,6 +292,23 @@ def test_going_back_to_an_earlier_checkpoint_needs_overwrite_and_then_continues_
     assert resolve_checkpoint(out, "best").name == resolve_checkpoint(out).name == "ckpt-000003"
 
 
+def test_resuming_a_named_checkpoint_never_leaves_best_on_a_replaced_folder(corpus: Path, tmp_path: Path) -> None:
+    """best named ckpt-6 of a branch given up; the resumed branch saves its own ckpt-6 over that folder, at a
+    learning rate that makes it worse: best must then name what this branch measured best, never the new ckpt-6
+    for the old one's loss."""
+    out = tmp_path / "run"
+    every3 = ("train.eval_interval=3", "train.keep_checkpoints=5", "train.max_iters=9")
+    train_mod.main(_args(corpus, out, *every3))
+    (out / "best").write_text("ckpt-000006\n")
+    old = _snapshot(out / "ckpt-000006")
+    start = load_state(out / "ckpt-000003")["best_val"]
+    train_mod.main(["--resume=ckpt-000003", *_args(corpus, out, *every3, "optim.lr=3", "train.overwrite=true")])
+    assert _snapshot(out / "ckpt-000006") != old  # the folder was replaced
+    measured = {e["iter"]: e["val_loss"] for e in _events(out) if "val_loss" in e and e["iter"] > 3}
+    assert set(measured) == {6, 9} and min(measured.values()) > start  # the new branch is worse than step 3
+    assert resolve_checkpoint(out, "best").name == "ckpt-000003"
+
+
 def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
