@@ -23,6 +23,7 @@ from fastgpt.ops._backend import BackendUnavailable, available_backends, require
 from fastgpt.ops._checks import attention_variant_problem
 from fastgpt.ops._registry import kernel
 from fastgpt.ops.autotune import choose, set_autotune_group
+from fastgpt.ops.linear_cross_entropy import linear_cross_entropy
 
 __all__ = [
     "BackendUnavailable",
@@ -32,6 +33,7 @@ __all__ = [
     "doc_ids_from_cu_seqlens",
     "flash_attention",
     "fused_adamw_",
+    "linear_cross_entropy",
     "resolve_backend",
     "rms_norm",
     "set_autotune_group",

@@ -141,3 +141,36 @@ def fused_adamw_(
         pf.sub_((lr / bias_c1) * m / denom)
         if pf is not p:
             p.copy_(pf)
+
+
+def linear_cross_entropy(
+    h: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy of the logits ``h @ weight.T (+ bias)``, in float64, logits materialized.
+
+    h: (N, d); weight: (V, d); targets: (N,) int; bias: (V,). ``softcap`` c: logits become
+    c * tanh(z / c). Per token: lse - s[target] + z_loss * lse**2, 0 where target == ignore_index.
+    ``mean`` divides the sum by the number of counted tokens (0 when there are none, where
+    ``F.cross_entropy`` gives nan); ``none`` returns the (N,) losses. Returns float64.
+    """
+    z = h.double() @ weight.double().T  # (N, V)
+    if bias is not None:
+        z = z + bias.double()
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    counted = targets != ignore_index  # (N,)
+    lse = torch.logsumexp(z, dim=-1)  # (N,)
+    picked = z.gather(1, torch.where(counted, targets, 0)[:, None].long())[:, 0]
+    loss = torch.where(counted, lse - picked + z_loss * lse * lse, 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / counted.sum().clamp(min=1)
