@@ -50,7 +50,8 @@ def _(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tens
 
 @torch.library.register_fake("fastgpt::flash_attn_bwd")
 def _(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float,
+    window: None = None, softcap: None = None, doc_ids: None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
@@ -62,13 +63,16 @@ def _kernel_layout(t: Tensor) -> Tensor:
     return t if ok else t.contiguous()
 
 
-def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
-    """Forward: ``(out (B, Hq, T, D), lse (B, Hq, T) fp32, natural log)``; inputs already validated."""
+def flash_attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window: None = None,
+                   softcap: None = None, doc_ids: None = None) -> tuple[Tensor, Tensor]:
+    """Forward: ``(out (B, Hq, T, D), lse (B, Hq, T) fp32, natural log)``; inputs already validated
+    (``window``, ``softcap`` and ``doc_ids`` are refused by ``unsupported_reason``: always None here)."""
     return torch.ops.fastgpt.flash_attn_fwd(_kernel_layout(q), _kernel_layout(k), _kernel_layout(v), causal, scale)
 
 
 def flash_attn_bwd(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float,
+    window: None = None, softcap: None = None, doc_ids: None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward: ``(dq, dk, dv)``; dk/dv summed over each group of query heads."""
     q, k, v, out, dout = (_kernel_layout(t) for t in (q, k, v, out, dout))
@@ -76,12 +80,15 @@ def flash_attn_bwd(
 
 
 def unsupported_reason(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None,
+    window: int | None = None, softcap: float | None = None, doc_ids: Tensor | None = None,
 ) -> str | None:
     """Why these inputs are outside the kernels' limits (None when they are supported)."""
     reason = attention_tensors_problem(q, k, v) or attention_scalars_problem(causal, scale)
     if reason is not None:
         return reason
+    if window is not None or softcap is not None or doc_ids is not None:
+        return "window, softcap and doc_ids are not supported by the CUDA kernels yet"
     reason = fastgpt.ops.cuda.device_problem(q.device)
     if reason is not None:
         return f"tensors are on {q.device}; {reason}"
