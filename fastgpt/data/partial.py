@@ -134,6 +134,10 @@ class Partial:
                 _write_whole(file, lambda p, a=array: _save_npy(p, a))
         return tokens, lengths
 
+    def saved_tokens(self, name: str) -> np.ndarray:
+        """The tokens of part ``name`` (saved by ``tokens``), memory-mapped, shape (N,)."""
+        return np.load(self.dir / f"{name}.tokens.npy", mmap_mode="r", allow_pickle=False)
+
     @contextlib.contextmanager
     def writing(self, disk_only: bool = False) -> Iterator[None]:
         """Writes into the folder: an ``OSError`` removes everything but the finished pieces and raises one

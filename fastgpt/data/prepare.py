@@ -1,6 +1,6 @@
 """Dataset preparation: text -> token files in a cache folder, reused while nothing changed.
 
-``prepare_data`` reads the documents of every source (``fastgpt.data.sources``), builds the
+``prepare_data`` streams the documents of every source (``fastgpt.data.sources``), builds the
 tokenizer, tokenizes in parallel, puts an eot id after every document and writes, into
 ``<cache_dir>/<name>-<hash>/``:
 
@@ -16,8 +16,14 @@ half-written does.
 The hash covers the sources (file sizes and mtimes, package versions), the tokenizer settings,
 ``text_column``, ``weights``, ``val_fraction``, ``sample_ratio``, ``seed`` and ``FORMAT_VERSION``;
 a folder is reused only when its manifest exists and carries that hash. Preparation is meant to
-run in one process (rank 0) while the others wait. Documents and tokens are held in memory
-while a dataset is prepared.
+run in one process (rank 0) while the others wait.
+
+Memory is bounded by the settings, not by the corpus: documents are streamed into parts of about
+``_PART_CHARS`` characters, each tokenized and saved in ``partial/`` before the next is read, and the
+token files are then written from the saved parts, a part at a time. What stays in memory for the
+whole corpus is one int64 length per document (for the split, the mixing and the boundaries).
+``sample_ratio`` reads each source twice (once to count its documents); the char and bpe tokenizers
+are trained on one more pass over the sources (bpe holds its training text).
 """
 
 from __future__ import annotations
@@ -26,18 +32,20 @@ import hashlib
 import json
 import os
 import re
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from fastgpt.config import DataConfig, folder_error
 from fastgpt.data.loader import DOC_MODES, TokenLoader
 from fastgpt.data.partial import Partial, fsync_folder
 from fastgpt.data.sft import cache_settings, loss_mask, write_sft
-from fastgpt.data.sources import load_documents, source_fingerprint
+from fastgpt.data.sources import iter_documents, source_fingerprint
 from fastgpt.progress import progress_bar
 from fastgpt.tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, load_tokenizer, path_exists
 
@@ -45,6 +53,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _CHUNK_CHARS = 1 << 20  # documents are tokenized in chunks of about this many characters
 _PART_CHARS = 1 << 26  # and kept, for a rerun after an interruption, in parts of about this many
+LOG_SECONDS = 30.0  # off a terminal, a progress line this often
 
 
 @dataclass
@@ -192,33 +201,68 @@ def _reusable(directory: Path, digest: str) -> PreparedData | None:
     return data
 
 
-def _sample(docs: list[str], ratio: float, seed: list[int]) -> list[str]:
-    """A ``ratio`` fraction of ``docs`` (at least one), chosen by ``seed``, in their original order."""
-    if ratio == 1.0:
-        return docs
-    k = max(1, round(len(docs) * ratio))
-    keep = np.sort(np.random.default_rng(seed).choice(len(docs), size=k, replace=False))
-    return [docs[i] for i in keep]
+def _sampled(source: str, cfg: DataConfig, index: int) -> Iterator[str]:
+    """The documents of ``source`` that ``sample_ratio`` keeps, streamed in their original order: a
+    ``ratio`` fraction of them (at least one), chosen by ``(seed, index)``. Sampling reads the source
+    once more first, to count its documents."""
+    if cfg.sample_ratio == 1.0:
+        yield from iter_documents(source, cfg.text_column)
+        return
+    count = sum(1 for _ in iter_documents(source, cfg.text_column))
+    k = max(1, round(count * cfg.sample_ratio))
+    keep = np.sort(np.random.default_rng([cfg.seed, index]).choice(count, size=k, replace=False))
+    wanted = iter(keep.tolist())
+    next_kept = next(wanted)
+    for j, doc in enumerate(iter_documents(source, cfg.text_column)):
+        if j == next_kept:
+            yield doc
+            if (next_kept := next(wanted, None)) is None:
+                return
 
 
-def _chunks(docs: list[str], chars: int) -> list[list[str]]:
+def _chunks(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
     """Consecutive groups of documents of about ``chars`` characters each (a longer document alone)."""
-    chunks, current, size = [], [], 0
+    current, size = [], 0
     for doc in docs:
         current.append(doc)
         size += len(doc)
         if size >= chars:
-            chunks.append(current)
+            yield current
             current, size = [], 0
-    return chunks + ([current] if current else [])
+    if current:
+        yield current
 
 
-def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: int, bar: tqdm,
-              partial: Partial, source: int) -> tuple:
-    """Tokens of ``docs``, each followed by eot, shape (N,); and each document's length, shape (D,).
+class _Progress:
+    """Documents and tokens done: a tqdm bar on a terminal, else a plain line every ``LOG_SECONDS``."""
 
-    Tokenized in parts of about ``_PART_CHARS`` characters, each kept in ``partial`` once done
-    (and taken from there when an earlier, interrupted preparation finished it).
+    def __init__(self, enabled: bool) -> None:
+        self.bar = progress_bar(enabled=enabled, unit="tok", unit_scale=True, desc="tokenizing")
+        self.log = enabled and self.bar.disable
+        self.docs = self.tokens = 0
+        self.start = self.logged = time.monotonic()
+
+    def add(self, docs: int, tokens: int) -> None:
+        self.docs, self.tokens = self.docs + docs, self.tokens + tokens
+        self.bar.update(tokens)
+        self.bar.set_postfix(docs=f"{self.docs:,}", refresh=False)
+        if self.log and (now := time.monotonic()) - self.logged >= LOG_SECONDS:
+            self.logged = now
+            print(f"prepare: {self.docs:,} docs, {self.tokens:,} tokens, "
+                  f"{self.tokens / max(now - self.start, 1e-9):,.0f} tokens/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tokenize(docs: Iterable[str], tokenizer: Tokenizer, dtype: np.dtype, workers: int, progress: _Progress,
+              partial: Partial, source: int) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """Tokenize the stream ``docs``, each document followed by eot, into parts saved in ``partial``:
+    the parts' (name, documents) and every document's length in tokens, shape (D,).
+
+    The stream is cut into parts of about ``_PART_CHARS`` characters; a part an earlier, interrupted
+    preparation finished is read from ``partial`` instead. Only one part's documents and tokens are in
+    memory at a time; the tokens stay on disk until ``_write`` streams them into the token files.
     """
 
     def encode(chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -229,77 +273,106 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, workers: i
         lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
         return np.array(flat, dtype=dtype), lengths
 
-    parts = []
+    names, lengths = [], []
     # the tokenizers' encoders release the GIL, so threads tokenize chunks in parallel
     with ThreadPoolExecutor(max_workers=workers) as pool:
 
         def tokenize(part_docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-            done = []
-            for chunk, encoded in zip(chunks := _chunks(part_docs, _CHUNK_CHARS), pool.map(encode, chunks),
-                                      strict=True):
-                done.append(encoded)
-                bar.update(sum(len(d) for d in chunk))
+            done = list(pool.map(encode, _chunks(part_docs, _CHUNK_CHARS)))
             return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
 
         for j, part_docs in enumerate(_chunks(docs, _PART_CHARS)):
-            before = bar.n
-            parts.append(partial.tokens(f"source{source}-part{j}", dtype, len(part_docs),
-                                        lambda d=part_docs: tokenize(d)))
-            bar.update(sum(len(d) for d in part_docs) - (bar.n - before))  # a kept part counts as read
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            names.append((f"source{source}-part{j}", len(part_docs)))
+            tokens, part_lengths = partial.tokens(names[-1][0], dtype, len(part_docs), lambda d=part_docs: tokenize(d))
+            lengths.append(part_lengths)
+            progress.add(len(part_docs), len(tokens))
+    return names, np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
 
 
-def _mix(streams: list[tuple], weights: list[float], seed: int, eot_id: int) -> list[tuple]:
-    """Subsample the documents so that source i holds a ``weights[i]`` share of the tokens.
+def _mix(lengths: list[np.ndarray], weights: list[float], seed: int) -> list[np.ndarray]:
+    """How many tokens of each document to keep so that source i holds a ``weights[i]`` share of the tokens.
 
     The source with the fewest tokens per unit of weight is kept whole; no document is repeated.
     Each other source keeps whole documents, drawn in a seeded random order, up to its share; the
     document that crosses it is cut there and ends with eot (so a source that is one long document,
-    a ``.txt`` file, keeps its first tokens), which makes the shares exact to a token.
+    a ``.txt`` file, keeps its first tokens), which makes the shares exact to a token. Returns, per
+    source, the tokens kept of each of its documents (0 for one left out), shape (D,).
     """
     share = np.asarray(weights, dtype=np.float64) / sum(weights)
-    total = min(len(tokens) / s for (tokens, _), s in zip(streams, share, strict=True))
+    total = min(int(n.sum()) / s for n, s in zip(lengths, share, strict=True))
     mixed = []
-    for i, ((tokens, lengths), s) in enumerate(zip(streams, share, strict=True)):
+    for i, (doc_lengths, s) in enumerate(zip(lengths, share, strict=True)):
         want = round(s * total)
-        if want >= len(tokens):
-            mixed.append((tokens, lengths))
+        if want >= doc_lengths.sum():
+            mixed.append(doc_lengths)
             continue
-        order = np.random.default_rng([seed, i]).permutation(len(lengths))
-        ends = np.cumsum(lengths[order])
+        order = np.random.default_rng([seed, i]).permutation(len(doc_lengths))
+        ends = np.cumsum(doc_lengths[order])
         whole = int(np.searchsorted(ends, want, side="right"))  # the documents that fit entirely
-        take = np.zeros(len(lengths), dtype=np.int64)  # tokens kept of each document
-        take[order[:whole]] = lengths[order[:whole]]
+        take = np.zeros(len(doc_lengths), dtype=np.int64)
+        take[order[:whole]] = doc_lengths[order[:whole]]
         cut = order[whole]
         take[cut] = want - (ends[whole - 1] if whole else 0)
         if take[cut] < 2:  # no room for a token and its eot
             take[cut] = 0
-        starts = np.cumsum(lengths) - lengths
-        position = np.arange(len(tokens)) - np.repeat(starts, lengths)  # each token's index in its document
-        kept = tokens[position < np.repeat(take, lengths)]
-        if take[cut]:
-            kept[take[:cut].sum() + take[cut] - 1] = eot_id
-        mixed.append((kept, take[take > 0]))
+        mixed.append(take)
     return mixed
 
 
-def _split(tokens: np.ndarray, lengths: np.ndarray, val_fraction: float) -> tuple:
-    """(train tokens, train boundaries, val tokens, val boundaries): val is the last fraction."""
-    cut = len(tokens) - int(len(tokens) * val_fraction)
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
+def _bounds(kept: np.ndarray, val_fraction: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """(train tokens, train boundaries, val boundaries) of one source whose documents keep ``kept``
+    tokens each: val is the last ``val_fraction`` of its tokens."""
+    kept = kept[kept > 0]
+    n = int(kept.sum())
+    cut = n - int(n * val_fraction)
+    bounds = np.concatenate([[0], np.cumsum(kept)])
     train_bounds = np.unique(np.concatenate([bounds[bounds <= cut], [cut]]))
     val_bounds = np.unique(np.concatenate([[0], bounds[bounds >= cut] - cut]))
-    return tokens[:cut], train_bounds, tokens[cut:], val_bounds
+    return cut, train_bounds, val_bounds
 
 
-def _write(directory: Path, split: str, tokens: list[np.ndarray], bounds: list[np.ndarray]) -> int:
-    """Write ``split``'s sources one after the other: ``<split>.bin`` and ``<split>_docs.npy``."""
-    stream = np.concatenate(tokens)
-    stream.tofile(directory / f"{split}.bin")
-    shifts = np.cumsum([0] + [len(t) for t in tokens[:-1]])
-    offsets = np.unique(np.concatenate([b + s for b, s in zip(bounds, shifts, strict=True)]))
-    np.save(directory / f"{split}_docs.npy", offsets.astype(np.int64))
-    return len(stream)
+def _kept_tokens(tokens: np.ndarray, lengths: np.ndarray, take: np.ndarray, eot_id: int) -> np.ndarray:
+    """The first ``take[d]`` tokens of each document d of a part; a document cut short ends with eot."""
+    if np.array_equal(take, lengths):
+        return np.asarray(tokens)
+    position = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    kept = tokens[position < np.repeat(take, lengths)]
+    ends = np.cumsum(take)[(take > 0) & (take < lengths)] - 1
+    kept[ends] = eot_id
+    return kept
+
+
+def _write(directory: Path, partial: Partial, parts: list[list[tuple[str, int]]], lengths: list[np.ndarray],
+           kept: list[np.ndarray], val_fraction: float, eot_id: int) -> dict[str, int]:
+    """Stream the sources' kept tokens from ``partial`` into ``train.bin`` and ``val.bin`` (a source's
+    train tokens after the previous source's, likewise for val), a part at a time, and write
+    ``<split>_docs.npy``; the token counts by split."""
+    files = {split: open(directory / f"{split}.bin", "wb") for split in ("train", "val")}
+    offsets: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    written = {"train": 0, "val": 0}
+    try:
+        for names, doc_lengths, take in zip(parts, lengths, kept, strict=True):
+            cut, train_bounds, val_bounds = _bounds(take, val_fraction)
+            offsets["train"].append(train_bounds + written["train"])
+            offsets["val"].append(val_bounds + written["val"])
+            done, first = 0, 0  # tokens of this source written, its first document in the next part
+            for name, count in names:
+                tokens = partial.saved_tokens(name)
+                part = _kept_tokens(tokens, doc_lengths[first:first + count], take[first:first + count], eot_id)
+                first += count
+                head = max(0, min(len(part), cut - done))  # the part's tokens before the source's val cut
+                part[:head].tofile(files["train"])
+                part[head:].tofile(files["val"])
+                done += len(part)
+            written["train"] += cut
+            written["val"] += done - cut
+    finally:
+        for f in files.values():
+            f.close()
+    for split in ("train", "val"):
+        docs = np.unique(np.concatenate(offsets[split])) if offsets[split] else np.zeros(1, dtype=np.int64)
+        np.save(directory / f"{split}_docs.npy", docs.astype(np.int64))
+    return {f"{split}_tokens": count for split, count in written.items()}
 
 
 def data_digest(cfg: DataConfig) -> str:
@@ -332,32 +405,26 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> PreparedData:
                                               "documents": counts["train_rows"] + counts["val_rows"],
                                               "settings": key}, partial)
 
-    docs = [
-        _sample(load_documents(source, cfg.text_column), cfg.sample_ratio, [cfg.seed, i])
-        for i, source in enumerate(cfg.sources)
-    ]
-    for source, source_docs in zip(cfg.sources, docs, strict=True):
-        if not any(source_docs):
+    for source in cfg.sources:  # before a tokenizer is trained on them
+        if next(iter_documents(source, cfg.text_column), None) is None:
             raise ValueError(f"dataset {source!r} has no text")
-    texts = [d for source_docs in docs for d in source_docs]
-    tokenizer = partial.tokenizer(lambda: build_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, cfg.simplify))
+    streams = [lambda i=i, source=source: _sampled(source, cfg, i) for i, source in enumerate(cfg.sources)]
+    tokenizer = partial.tokenizer(lambda: build_tokenizer(cfg.tokenizer, (d for docs in streams for d in docs()),
+                                                          cfg.vocab_size, cfg.simplify))
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     workers = cfg.num_workers or os.cpu_count() or 1
-    chars = sum(map(len, texts))
-    with progress_bar(total=chars, enabled=progress, unit="char", unit_scale=True, desc="tokenizing") as bar:
-        streams = [_tokenize(source_docs, tokenizer, dtype, workers, bar, partial, i)
-                   for i, source_docs in enumerate(docs)]
-    if cfg.weights is not None and len(streams) > 1:
-        streams = _mix(streams, cfg.weights, cfg.seed, tokenizer.eot_id)
-    splits = [_split(tokens, lengths, cfg.val_fraction) for tokens, lengths in streams]
+    shown = _Progress(progress)
+    try:
+        tokenized = [_tokenize(docs(), tokenizer, dtype, workers, shown, partial, i) for i, docs in enumerate(streams)]
+    finally:
+        shown.close()
+    parts, lengths = [t[0] for t in tokenized], [t[1] for t in tokenized]
+    kept = _mix(lengths, cfg.weights, cfg.seed) if cfg.weights is not None and len(lengths) > 1 else lengths
     with partial.writing():
-        counts = {
-            f"{split}_tokens": _write(directory, split, [s[i] for s in splits], [s[i + 1] for s in splits])
-            for split, i in (("train", 0), ("val", 2))
-        }
+        counts = _write(directory, partial, parts, lengths, kept, cfg.val_fraction, tokenizer.eot_id)
     manifest = {
         "hash": digest, "version": FORMAT_VERSION,
-        "dtype": dtype.name, **counts, "documents": sum(len(lengths) for _, lengths in streams), "settings": key,
+        "dtype": dtype.name, **counts, "documents": int(sum((k > 0).sum() for k in kept)), "settings": key,
     }  # fmt: skip
     return _commit(directory, tokenizer, manifest, partial)
 
