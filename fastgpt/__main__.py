@@ -19,6 +19,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 # command -> (module holding its main(argv), what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fastgpt.train.cli", "train a model (a YAML config plus section.key=value overrides)"),
+    "prepare": ("fastgpt.data.cli", "tokenize a dataset into the cache without training (data.* keys)"),
     "generate": ("fastgpt.generate", "sample text from a checkpoint"),
     "eval": ("fastgpt.eval.evaluate", "validation loss and multiple-choice benchmarks of a checkpoint"),
     "export": ("fastgpt.hf.export", "write a checkpoint as a Hugging Face model folder"),

@@ -9,7 +9,7 @@ import pytest
 
 from fastgpt.__main__ import COMMANDS, main, usage
 
-EXPECTED = ("train", "generate", "eval", "export", "convert", "lm_eval", "info")
+EXPECTED = ("train", "prepare", "generate", "eval", "export", "convert", "lm_eval", "info")
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture) -> None:
