@@ -263,3 +263,12 @@ def test_cpu_times_fastgpt_in_each_dtype_against_nanogpt(tmp_path: Path) -> None
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("error: --steps and --batch must be "
                                                                                 "at least 1")
+
+
+def test_probe_quick_finds_nothing() -> None:
+    res = subprocess.run([sys.executable, str(BENCH_DIR / "probe.py"), "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [line.split("|") for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[1].strip() for r in rows] == ["malicious files", "fuzzed CLI"]
+    assert all(int(r[2]) > 0 and int(r[3]) == 0 for r in rows), res.stdout
